@@ -1,0 +1,46 @@
+# Two commands do everything on a fresh machine with python3:  `make run`  and  `make test`.
+# Both create (or reuse) .venv and install requirements.txt first. Set OMNIGLOT_ROOT to a folder that holds
+# (or will receive) omniglot-py/; it defaults to ./data, where the notebook downloads Omniglot automatically.
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+PRESET ?= auto
+export OMNIGLOT_ROOT ?= data
+export MPLBACKEND ?= Agg
+
+.PHONY: setup run test lint notebook bench bench-tiny clean
+
+$(STAMP): requirements.txt
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+setup: $(STAMP)
+
+## run: execute the notebook top to bottom, headless, with PRESET (default "auto"), into executed/.
+run: $(STAMP)
+	mkdir -p executed
+	$(PYTHON) -m papermill anil_on_omniglot.ipynb executed/anil_on_omniglot.ipynb -k python3 \
+		-p PRESET $(PRESET) -p DATA_ROOT "$(OMNIGLOT_ROOT)"
+
+## test: lint, then the whole test suite (includes the notebook's smoke run and a tiny benchmark run).
+test: $(STAMP) lint
+	$(PYTHON) -m pytest
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check .
+
+## notebook: regenerate the committed notebook's outputs from a clean run of the "quick" preset.
+notebook: $(STAMP)
+	$(PYTHON) -m utils.notebook_tools run-and-commit --preset quick --data-root "$(OMNIGLOT_ROOT)"
+
+## bench: the full benchmark suite on this machine (writes results/benchmark.{csv,json}).
+bench: $(STAMP)
+	$(PYTHON) -m benchmarks.run
+
+bench-tiny: $(STAMP)
+	$(PYTHON) -m benchmarks.run --tiny
+
+clean:
+	rm -rf executed .pytest_cache .ruff_cache

@@ -1,0 +1,251 @@
+"""ANIL: Almost No Inner Loop, batched over the tasks of a meta-batch.
+
+Reference: A. Raghu, M. Raghu, S. Bengio and O. Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding
+the Effectiveness of MAML", ICLR 2020, arXiv:1909.09157. ANIL keeps MAML's outer loop (Finn et al., ICML 2017)
+but adapts *only the linear head* in the inner loop; the body is shared by all tasks and learnt by the outer loop.
+
+Semantics (tested against a plain per-task loop in ``tests/test_anil.py``):
+
+* **Inner loop.** Only the head ``(W, b)`` is adapted: ``inner_steps`` SGD steps of size ``inner_lr`` on the
+  mean support cross-entropy, each task starting from the shared initialisation. The body's features are computed
+  **once per task and set**; the body is never re-run inside the inner loop. Because the head is linear, its
+  gradient has a closed form, ``dL/dW = (softmax(z) - onehot(y))^T phi / n`` and ``dL/db = sum(softmax(z) -
+  onehot(y)) / n``, so the inner loop is a few tiny batched matrix products for all tasks at once.
+* **First and second order.** With ``first_order=False`` the inner gradients stay on the autograd graph (they are
+  written with differentiable operations), so the meta-gradient flows through the inner loop into the head
+  initialisation and, through the support features, into the body. With ``first_order=True`` the inner gradients
+  are detached (FOMAML-style); the support features then receive no gradient, so their forward runs without one.
+* **Meta loss.** The mean over tasks of the mean query cross-entropy of the adapted head; ``acc`` is the query
+  accuracy after adaptation.
+* **Freezing the body.** ``freeze_body=True`` gives every body weight except BatchNorm's ``requires_grad=False``;
+  BatchNorm's affine parameters stay trainable and BatchNorm stays in batch-statistics mode; Dropout is off.
+  Without trainable BatchNorm a frozen body cannot adapt its features to Omniglot at all.
+* **BatchNorm.** Training normalises each task's support set and each query set with its own statistics, exactly
+  as if every set were forwarded alone in train mode (as in the MAML and ANIL reference code); tasks never share
+  statistics. Evaluation uses the same policy by default; ``eval_bn="running"`` uses running statistics instead.
+  See :mod:`algorithms.features`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from algorithms.features import BNMode, Layout, resolve_layout, set_features
+from utils.networks import freeze_body as freeze_body_weights
+
+
+class HeadParams(NamedTuple):
+    """Per-task head parameters: ``weight (tasks, n_way, features)``, ``bias (tasks, n_way)``."""
+
+    weight: Tensor
+    bias: Tensor
+
+
+def head_logits(features: Tensor, head: HeadParams) -> Tensor:
+    """Batched linear head: ``(tasks, n, features)`` -> logits ``(tasks, n, n_way)``."""
+    return torch.baddbmm(head.bias.unsqueeze(1), features, head.weight.transpose(1, 2))
+
+
+def head_gradient(features: Tensor, labels: Tensor, head: HeadParams) -> HeadParams:
+    """Closed-form gradient of each task's mean cross-entropy with respect to its own head.
+
+    Written with differentiable operations, so autograd can differentiate through it (second order).
+
+    Args:
+        features: ``(tasks, n, features)``.
+        labels: ``(tasks, n)`` in ``[0, n_way)``.
+        head: current per-task head.
+    """
+    logits = head_logits(features, head)
+    residual = (logits.softmax(-1) - F.one_hot(labels, logits.shape[-1]).to(logits.dtype)) / labels.shape[1]
+    return HeadParams(residual.transpose(1, 2) @ features, residual.sum(1))
+
+
+def inner_loop(
+    features: Tensor, labels: Tensor, init: HeadParams, steps: int, lr: float, first_order: bool
+) -> HeadParams:
+    """``steps`` SGD steps on the support loss of every task at once, from the shared head ``init``.
+
+    Args:
+        features: support features ``(tasks, n_way * k_shot, features)``.
+        labels: support labels ``(tasks, n_way * k_shot)``.
+        init: head initialisation, broadcast to ``(tasks, ...)``.
+        steps: number of inner steps (0 returns the initialisation).
+        lr: inner learning rate.
+        first_order: detach the inner gradients (no second-order terms).
+    """
+    tasks = features.shape[0]
+    fast = HeadParams(init.weight.expand(tasks, -1, -1), init.bias.expand(tasks, -1))
+    for _ in range(steps):
+        grad = head_gradient(features, labels, fast)
+        if first_order:
+            grad = HeadParams(grad.weight.detach(), grad.bias.detach())
+        fast = HeadParams(fast.weight - lr * grad.weight, fast.bias - lr * grad.bias)
+    return fast
+
+
+def _check_lr(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return float(value)
+
+
+class ANIL:
+    """ANIL meta-learner: body learnt by the outer loop, linear head adapted per task.
+
+    Args:
+        body: maps ``(n, C, H, W)`` images to ``(n, features)``.
+        head: ``nn.Linear(features, n_way)``; its parameters are the shared head initialisation.
+        inner_lr: inner-loop SGD step size.
+        outer_lr: Adam learning rate of the outer loop.
+        inner_steps: inner SGD steps (``0`` disables adaptation).
+        freeze_body: train only BatchNorm affine parameters of the body (and the head).
+        first_order: detach inner gradients.
+        layout: feature layout, ``"auto"`` picks per device (:func:`algorithms.features.resolve_layout`).
+        task_chunk: tasks per forward/backward in :meth:`meta_train_step` (gradients are accumulated over
+            chunks, which changes nothing but memory and speed); ``None`` picks per device: all tasks at once on
+            a GPU, one task at a time on a CPU, where a small working set stays in cache.
+        eval_bn: BatchNorm policy at evaluation, ``"batch"`` (as in training) or ``"running"``.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Linear,
+        inner_lr: float = 0.01,
+        outer_lr: float = 0.001,
+        inner_steps: int = 5,
+        freeze_body: bool = False,
+        first_order: bool = True,
+        layout: Layout = "auto",
+        task_chunk: int | None = None,
+        eval_bn: BNMode = "batch",
+    ) -> None:
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"head must be an nn.Linear, got {type(head).__name__}.")
+        if not isinstance(inner_steps, int) or inner_steps < 0:
+            raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}.")
+        self.body, self.head = body, head
+        self.inner_lr, self.outer_lr = _check_lr("inner_lr", inner_lr), _check_lr("outer_lr", outer_lr)
+        self.inner_steps, self.first_order, self.freeze_body = inner_steps, first_order, freeze_body
+        self.eval_bn = eval_bn
+        if freeze_body:
+            freeze_body_weights(body)
+        self.device = head.weight.device
+        self.layout = resolve_layout(layout, self.device)
+        if task_chunk is not None and (not isinstance(task_chunk, int) or task_chunk < 1):
+            raise ValueError(f"task_chunk must be a positive integer or None, got {task_chunk!r}.")
+        self.task_chunk = task_chunk or (1 if self.device.type == "cpu" else 1_000_000)
+        if self.layout == "loop" and self.device.type == "cpu":
+            body.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.outer_lr)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the outer loop updates (frozen body weights excluded)."""
+        return [p for p in (*self.body.parameters(), *self.head.parameters()) if p.requires_grad]
+
+    def features(self, x: Tensor, training: bool) -> Tensor:
+        """Body features per set, ``(tasks, n, C, H, W)`` -> ``(tasks, n, features)``."""
+        bn = "batch" if training else self.eval_bn
+        dropout = training and not self.freeze_body
+        feats = set_features(self.body, x, self.layout, bn, update_running_stats=training, dropout=dropout)
+        if feats.shape[-1] != self.head.in_features:
+            raise ValueError(
+                f"The body produced {feats.shape[-1]} features for images of shape {tuple(x.shape[-3:])}, "
+                f"but the head expects {self.head.in_features}. Build the network for this image size."
+            )
+        return feats
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> HeadParams:
+        """Inner loop only, for all tasks at once; evaluation-mode BatchNorm policy.
+
+        Args:
+            support_x: ``(tasks, n_way * k_shot, C, H, W)``.
+            support_y: ``(tasks, n_way * k_shot)``.
+            steps: inner steps, defaulting to ``inner_steps`` (0 gives the unadapted head).
+
+        Returns:
+            Adapted head, ``weight (tasks, n_way, features)`` and ``bias (tasks, n_way)``.
+        """
+        validate_tasks(support_x, support_y, support_x, support_y, self.head.out_features, self.body)
+        steps = self.inner_steps if steps is None else steps
+        init = HeadParams(self.head.weight, self.head.bias)
+        return inner_loop(self.features(support_x, False), support_y, init, steps, self.inner_lr, True)
+
+    def predict(self, query_x: Tensor, fast: HeadParams) -> Tensor:
+        """Query logits ``(tasks, n_query, n_way)`` of the adapted heads ``fast``."""
+        return head_logits(self.features(query_x, False), fast)
+
+    def meta_loss(self, tasks: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Differentiable mean query loss over tasks after adaptation, and the query accuracy; no step.
+
+        Args:
+            tasks: a ``TaskBatch`` or a 4-tuple ``(support_x, support_y, query_x, query_y)``.
+        """
+        support_x, support_y, query_x, query_y = tasks
+        validate_tasks(support_x, support_y, query_x, query_y, self.head.out_features, self.body)
+        # First order: the support features only enter through detached gradients, so build no graph for them.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.first_order):
+            support = self.features(support_x, training=True)
+        init = HeadParams(self.head.weight, self.head.bias)
+        fast = inner_loop(support, support_y, init, self.inner_steps, self.inner_lr, self.first_order)
+        logits = head_logits(self.features(query_x, training=True), fast)
+        loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
+        return loss, (logits.argmax(-1) == query_y).float().mean()
+
+    def meta_train_step(self, tasks: Sequence[Tensor]) -> dict[str, float]:
+        """One outer step: zero_grad, meta_loss, backward, Adam step. Returns ``{"loss", "acc"}`` as floats.
+
+        The meta-loss is a mean over independent tasks, so it is evaluated and back-propagated ``task_chunk``
+        tasks at a time with gradients accumulated: the same gradient, a smaller working set.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        num_tasks = len(tasks[0])
+        loss_sum = acc_sum = 0.0
+        for start in range(0, num_tasks, self.task_chunk):
+            chunk = [t[start : start + self.task_chunk] for t in tasks]
+            loss, acc = self.meta_loss(chunk)
+            (loss * (len(chunk[0]) / num_tasks)).backward()
+            loss_sum, acc_sum = loss_sum + loss.item() * len(chunk[0]), acc_sum + acc.item() * len(chunk[0])
+        self.optimizer.step()
+        return {"loss": loss_sum / num_tasks, "acc": acc_sum / num_tasks}
+
+
+def _first_conv_channels(body: nn.Module) -> int | None:
+    conv = next((m for m in body.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
+
+
+def validate_tasks(
+    support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, n_way: int, body: nn.Module
+) -> None:
+    """Check a meta-batch before any compute; raise ``ValueError`` naming what is wrong.
+
+    Expects ``support_x (tasks, n_way * k_shot, C, H, W)``, ``support_y (tasks, n_way * k_shot)`` and the same
+    for the query set, with labels in ``[0, n_way)`` and ``C`` matching the body's first convolution.
+    """
+    channels = _first_conv_channels(body)
+    for name, x, y in (("support", support_x, support_y), ("query", query_x, query_y)):
+        if x.dim() != 5 or (channels is not None and x.shape[2] != channels):
+            raise ValueError(
+                f"{name}_x must have shape (tasks, n_images, {channels or 'C'}, H, W), got {tuple(x.shape)}."
+            )
+        if y.shape != x.shape[:2]:
+            raise ValueError(f"{name}_y must have shape {tuple(x.shape[:2])}, got {tuple(y.shape)}.")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_way):
+            raise ValueError(
+                f"{name}_y has labels in [{int(y.min())}, {int(y.max())}], outside [0, {n_way}): the head has "
+                f"{n_way} outputs. Build the head with num_classes equal to the tasks' n_way."
+            )
+    tasks_n_way = int(support_y.max()) + 1 if support_y.numel() else n_way
+    if tasks_n_way != n_way:
+        raise ValueError(
+            f"The head has {n_way} outputs but the tasks are {tasks_n_way}-way. "
+            "Build the head with num_classes equal to the tasks' n_way."
+        )

@@ -1,0 +1,100 @@
+"""The training steps that the benchmark compares, each one meta-iteration (or supervised pass) on a meta-batch.
+
+(a) ``anil``: :meth:`algorithms.anil.ANIL.meta_train_step` (Raghu et al., ICLR 2020, arXiv:1909.09157).
+(b) ``floor``: a plain supervised forward+backward+Adam pass of the same body and a linear head over the same
+    images, in chunks of ``chunk`` images and a given memory format; the benchmark keeps the fastest setting.
+(c) ``per_task``: ANIL as tutorials write it: per task, separate support and query forwards, head adaptation
+    with ``torch.autograd.grad``, then backward.
+(d) ``seed``: the seed notebook's pseudocode, which re-runs the body inside every inner step.
+(e) ``maml``: MAML with all parameters adapted (:mod:`algorithms.maml`), first or second order.
+
+Each builder takes a freshly built ``(body, head)`` and returns a zero-argument step function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from algorithms.anil import ANIL
+from algorithms.maml import MAML
+from utils.tasks import TaskBatch
+
+Step = Callable[[], None]
+
+
+def anil_step(
+    body: nn.Module, head: nn.Linear, tasks: TaskBatch, first_order: bool, freeze: bool, inner_steps: int
+) -> Step:
+    """(a) Our batched ANIL meta-iteration."""
+    anil = ANIL(
+        body, head, inner_lr=0.1, inner_steps=inner_steps, first_order=first_order, freeze_body=freeze
+    )
+    return lambda: anil.meta_train_step(tasks)
+
+
+def floor_step(body: nn.Module, head: nn.Linear, tasks: TaskBatch, chunk: int, channels_last: bool) -> Step:
+    """(b) Supervised pass over all ``tasks`` images in chunks of ``chunk``, one backward per chunk."""
+    images = torch.cat([tasks.support_x.flatten(0, 1), tasks.query_x.flatten(0, 1)])
+    labels = torch.cat([tasks.support_y.flatten(), tasks.query_y.flatten()])
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    body.to(memory_format=fmt)
+    images = images.contiguous(memory_format=fmt)
+    optimizer = torch.optim.Adam([p for p in (*body.parameters(), *head.parameters()) if p.requires_grad])
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(images), chunk):
+            x, y = images[start : start + chunk], labels[start : start + chunk]
+            (F.cross_entropy(head(body(x)), y) * (len(x) / len(images))).backward()
+        optimizer.step()
+
+    return step
+
+
+def _adapt_head(
+    body: nn.Module, x, y, head: nn.Linear, lr: float, steps: int, first_order: bool, rerun_body: bool
+):
+    """Head SGD with autograd.grad on one task; the seed's version re-runs the body at every step."""
+    weight, bias = head.weight, head.bias
+    features = body(x)
+    for step in range(steps):
+        if rerun_body and step:
+            features = body(x)
+        loss = F.cross_entropy(F.linear(features, weight, bias), y)
+        gw, gb = torch.autograd.grad(loss, (weight, bias), create_graph=not first_order)
+        weight, bias = weight - lr * gw, bias - lr * gb
+    return weight, bias
+
+
+def per_task_step(
+    body: nn.Module,
+    head: nn.Linear,
+    tasks: TaskBatch,
+    first_order: bool,
+    inner_steps: int,
+    rerun_body: bool = False,
+) -> Step:
+    """(c) Plain per-task ANIL loop; with ``rerun_body`` it is (d), the seed's pseudocode."""
+    optimizer = torch.optim.Adam([p for p in (*body.parameters(), *head.parameters()) if p.requires_grad])
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        body.train()
+        for sx, sy, qx, qy in zip(*tasks, strict=True):
+            weight, bias = _adapt_head(body, sx, sy, head, 0.1, inner_steps, first_order, rerun_body)
+            (F.cross_entropy(F.linear(body(qx), weight, bias), qy) / len(tasks.support_x)).backward()
+        optimizer.step()
+
+    return step
+
+
+def maml_step(
+    body: nn.Module, head: nn.Linear, tasks: TaskBatch, first_order: bool, inner_steps: int
+) -> Step:
+    """(e) MAML, all parameters adapted, one task at a time."""
+    maml = MAML(body, head, inner_lr=0.1, inner_steps=inner_steps, first_order=first_order)
+    return lambda: maml.meta_train_step(tasks)

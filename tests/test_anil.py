@@ -1,0 +1,176 @@
+"""ANIL core against an independent, plain per-task reference loop (autograd.grad, one forward per set)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from algorithms.anil import ANIL
+from utils.networks import create_anil_network, create_pretrained_resnet_body, freeze_body
+
+
+def make_tasks(tasks: int, n_way: int, k_shot: int, k_query: int, size: int, dtype, seed: int = 0):
+    """Random images and per-task label permutations, shaped like a TaskBatch."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.stack([torch.randperm(n_way, generator=g) for _ in range(tasks)])
+    support_y = labels.repeat_interleave(k_shot, dim=1)
+    query_y = labels.repeat_interleave(k_query, dim=1)
+    support_x = torch.rand(tasks, n_way * k_shot, 1, size, size, generator=g, dtype=dtype)
+    query_x = torch.rand(tasks, n_way * k_query, 1, size, size, generator=g, dtype=dtype)
+    return support_x, support_y, query_x, query_y
+
+
+def reference_meta_loss(body, head, tasks, inner_lr: float, steps: int, first_order: bool) -> torch.Tensor:
+    """The textbook per-task ANIL loop: separate forwards, explicit SGD on the head with autograd.grad."""
+    body.train()
+    losses = []
+    for sx, sy, qx, qy in zip(*tasks, strict=True):
+        support, query = body(sx), body(qx)
+        weight, bias = head.weight, head.bias
+        for _ in range(steps):
+            inner = F.cross_entropy(F.linear(support, weight, bias), sy)
+            gw, gb = torch.autograd.grad(inner, (weight, bias), create_graph=not first_order)
+            weight, bias = weight - inner_lr * gw, bias - inner_lr * gb
+        losses.append(F.cross_entropy(F.linear(query, weight, bias), qy))
+    return torch.stack(losses).mean()
+
+
+def build(arch: str, dtype):
+    torch.manual_seed(0)
+    if arch == "conv4":
+        body, head = create_anil_network(num_classes=3, image_size=28)
+    else:
+        body, head = create_pretrained_resnet_body(num_classes=3, pretrained=None)
+    return body.to(dtype), head.to(dtype)
+
+
+def compare_with_reference(arch, dtype, first_order, freeze, layout, rtol, atol, inner_lr=0.4):
+    body, head = build(arch, dtype)
+    ref_body, ref_head = copy.deepcopy(body), copy.deepcopy(head)
+    if freeze:
+        freeze_body(ref_body)
+    tasks = make_tasks(tasks=3, n_way=3, k_shot=2, k_query=2, size=28, dtype=dtype)
+    anil = ANIL(
+        body,
+        head,
+        inner_lr=inner_lr,
+        inner_steps=3,
+        first_order=first_order,
+        freeze_body=freeze,
+        layout=layout,
+    )
+    loss, _ = anil.meta_loss(tasks)
+    loss.backward()
+    ref_loss = reference_meta_loss(ref_body, ref_head, tasks, inner_lr, 3, first_order)
+    ref_params = [p for p in (*ref_body.parameters(), *ref_head.parameters()) if p.requires_grad]
+    ref_grads = torch.autograd.grad(ref_loss, ref_params, allow_unused=True)
+    torch.testing.assert_close(loss, ref_loss, rtol=rtol, atol=atol)
+    ours = [p for p in (*body.parameters(), *head.parameters()) if p.requires_grad]
+    assert len(ours) == len(ref_params)
+    ref_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(ours, ref_grads, strict=True)]
+    # Entries that are zero in exact arithmetic (a conv bias before BatchNorm) hold only rounding noise, so
+    # absolute differences are judged on the scale of the whole meta-gradient.
+    scale = max(g.abs().max().item() for g in ref_grads)
+    for p, g_ref in zip(ours, ref_grads, strict=True):
+        g = torch.zeros_like(p) if p.grad is None else p.grad
+        torch.testing.assert_close(g, g_ref, rtol=rtol, atol=atol + rtol * scale)
+    return [p.grad for p in ours]
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+@pytest.mark.parametrize("freeze", [False, True])
+@pytest.mark.parametrize("arch", ["conv4", "resnet18"])
+def test_matches_per_task_reference_float32(arch, first_order, freeze):
+    # inner_lr 0.1: with 0.4 the second-order ResNet18 gradient (BatchNorm over 6 images at 1x1 resolution)
+    # amplifies float32 rounding past 1e-4 in *both* implementations; float64 below checks it at 0.4.
+    compare_with_reference(
+        arch, torch.float32, first_order, freeze, "loop", rtol=1e-4, atol=0.0, inner_lr=0.1
+    )
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+@pytest.mark.parametrize("freeze", [False, True])
+@pytest.mark.parametrize("arch", ["conv4", "resnet18"])
+def test_matches_per_task_reference_float64(arch, first_order, freeze):
+    compare_with_reference(arch, torch.float64, first_order, freeze, "loop", rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_vmap_layout_matches_reference(first_order):
+    compare_with_reference("conv4", torch.float64, first_order, False, "vmap", rtol=1e-6, atol=1e-10)
+
+
+def test_second_order_reaches_the_body_through_support_features():
+    """First order gives the body no gradient from the support set; second order does, so they differ."""
+    first = compare_with_reference("conv4", torch.float64, True, False, "loop", 1e-6, 1e-10)
+    second = compare_with_reference("conv4", torch.float64, False, False, "loop", 1e-6, 1e-10)
+    assert not torch.allclose(first[0], second[0])
+
+
+def tiny_network():
+    torch.manual_seed(1)
+    body = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()
+    ).double()
+    return body, nn.Linear(2 * 3 * 3, 3).double()
+
+
+def test_second_order_gradient_matches_finite_differences():
+    body, head = tiny_network()
+    tasks = make_tasks(tasks=2, n_way=3, k_shot=1, k_query=2, size=6, dtype=torch.float64, seed=3)
+    anil = ANIL(body, head, inner_lr=0.5, inner_steps=3, first_order=False)
+    anil.meta_loss(tasks)[0].backward()
+    eps = 1e-6
+    for param, index in ((head.weight, (0, 0)), (body[0].weight, (1, 0, 1, 2))):
+        with torch.no_grad():
+            original = param[index].item()
+            param[index] = original + eps
+            plus = anil.meta_loss(tasks)[0].item()
+            param[index] = original - eps
+            minus = anil.meta_loss(tasks)[0].item()
+            param[index] = original
+        numeric = (plus - minus) / (2 * eps)
+        assert param.grad[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+
+
+def test_frozen_body_step_changes_only_batchnorm_and_head():
+    body, head = create_anil_network(num_classes=3, image_size=28)
+    anil = ANIL(body, head, inner_lr=0.4, outer_lr=0.01, inner_steps=2, freeze_body=True)
+    before = {k: v.clone() for k, v in (*body.named_parameters(), *head.named_parameters())}
+    anil.meta_train_step(make_tasks(tasks=2, n_way=3, k_shot=1, k_query=2, size=28, dtype=torch.float32))
+    for name, p in body.named_parameters():
+        is_bn = isinstance(dict(body.named_modules())[name.rsplit(".", 1)[0]], nn.BatchNorm2d)
+        assert torch.equal(p, before[name]) != is_bn, name
+    assert not torch.equal(head.weight, before["weight"])
+
+
+def test_adapt_and_predict_leave_module_state_untouched():
+    body, head = create_anil_network(num_classes=3, image_size=28)
+    anil = ANIL(body, head, inner_lr=0.4, inner_steps=2)
+    tasks = make_tasks(tasks=2, n_way=3, k_shot=1, k_query=2, size=28, dtype=torch.float32)
+    state = {k: v.clone() for k, v in (*body.state_dict().items(), *head.state_dict().items())}
+    with torch.no_grad():
+        fast = anil.adapt(tasks[0], tasks[1])
+        logits = anil.predict(tasks[2], fast)
+    assert logits.shape == (2, 6, 3)
+    assert fast.weight.shape == (2, 3, 64)
+    after = {**body.state_dict(), **head.state_dict()}
+    for name, value in state.items():
+        assert torch.equal(value, after[name]), name
+    # Training-mode meta_loss is where the BatchNorm running averages are meant to move.
+    anil.meta_loss(tasks)
+    key = next(k for k in state if k.endswith("running_mean"))
+    assert not torch.equal(body.state_dict()[key], state[key])
+
+
+def test_zero_steps_is_the_unadapted_head():
+    body, head = create_anil_network(num_classes=3, image_size=28)
+    anil = ANIL(body, head, inner_steps=0)
+    tasks = make_tasks(tasks=2, n_way=3, k_shot=1, k_query=2, size=28, dtype=torch.float32)
+    with torch.no_grad():
+        fast = anil.adapt(tasks[0], tasks[1])
+    assert torch.equal(fast.weight[1], head.weight)

@@ -1,0 +1,187 @@
+"""Comparison table, scenario records, results cache and plots.
+
+The table is built once from tiny real runs (two conv4 scenarios, a few iterations) and checked against
+values recomputed from the records; its cross-scenario logic (ranks, overfitting flag) is checked on
+hand-made records.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import pandas as pd
+import pytest
+from evaluation_support import fake_eval, fake_record, fake_train, make_anil, make_pool, run
+from matplotlib.figure import Figure
+
+from evaluation.compare import (
+    OVERFIT_RULE,
+    REQUIRED_ROWS,
+    ScenarioRecord,
+    comparison_table,
+    format_table,
+    training_accuracy,
+)
+from evaluation.evaluate import adaptation_curve, evaluate
+from evaluation.plots import plot_accuracy, plot_adaptation_curves, plot_cost, plot_training_curves, smooth
+from evaluation.results import load_cached, result_key, result_path, save_result, save_table
+from utils.config import PRESETS
+from utils.networks import parameter_table
+
+SOURCE = "Omniglot background, supervised"
+
+
+@pytest.fixture(scope="module")
+def records(background28, evaluation28) -> dict[str, ScenarioRecord]:
+    """S1 (conv4, full ANIL) and S2 (conv4, frozen body) from real 3-iteration runs on the same tasks."""
+    train_pool, test_pool = make_pool(background28, 8, seed=0), make_pool(evaluation28, 10, seed=1)
+    out = {}
+    for name, freeze, source in (("S1", False, "random"), ("S2", True, SOURCE)):
+        learner = make_anil(freeze_body=freeze)
+        train_result = run(learner, train_pool, iterations=3, scenario=name)
+        out[name] = ScenarioRecord(
+            name=name,
+            description=f"conv4, {'frozen body' if freeze else 'full ANIL'}",
+            architecture="conv4",
+            pretrained_source=source,
+            params=parameter_table(learner.body, learner.head),
+            train=train_result,
+            test=evaluate(learner, test_pool, device="cpu", nil=True, progress=False),
+            train_tasks=len(train_pool),
+            adaptation_curve=adaptation_curve(learner, test_pool, 3, device="cpu", progress=False),
+        )
+    return out
+
+
+def test_table_has_every_row_and_one_column_per_scenario(records):
+    table = comparison_table(records)
+    assert list(table.columns) == ["S1", "S2"]
+    assert list(table.index) == list(REQUIRED_ROWS)
+    for needed in (
+        "Parameters: BatchNorm",
+        "Loss: best (minimum)",
+        "Speed-up vs reference (it/s ratio)",
+        "95% CI (±, after adaptation)",
+        "Rank: memory (1 = least)",
+        "Meta-overfitting flag",
+        "Params/task ratio (trainable / training tasks)",
+        "GPU utilisation (%)",
+    ):
+        assert needed in table.index
+    assert any("11,182,405" in note for note in table.attrs["notes"]) and OVERFIT_RULE in table.attrs["notes"]
+
+
+def test_table_values_follow_from_the_records(records):
+    table = comparison_table(records)
+    for name, record in records.items():
+        column = table[name]
+        assert column["Pretraining source"] == record.pretrained_source
+        assert column["Parameters: trainable"] == record.params["trainable"]
+        assert column["Params/task ratio (trainable / training tasks)"] == pytest.approx(
+            record.params["trainable"] / record.train_tasks
+        )
+        assert column["Loss: initial"] == record.train.losses[0]
+        assert column["Loss: best (minimum)"] == min(record.train.losses)
+        assert column["Loss: maximum"] == max(record.train.losses)
+        assert column["Accuracy after adaptation"] == record.test.acc_after
+        assert column["Adaptation gain"] == pytest.approx(record.test.acc_after - record.test.acc_before)
+        assert column["NIL accuracy (no inner loop)"] == record.test.nil_acc
+        assert column["GPU utilisation (%)"] is None and column["Memory measure"] == "peak process RSS"
+    assert table.loc["Parameters: trainable", "S2"] < table.loc["Parameters: trainable", "S1"]  # frozen body
+    assert table.loc["Speed-up vs reference (it/s ratio)", "S1"] == pytest.approx(1.0)
+    speed_ratio = records["S2"].train.iterations_per_s / records["S1"].train.iterations_per_s
+    assert table.loc["Speed-up vs reference (it/s ratio)", "S2"] == pytest.approx(speed_ratio)
+    assert sorted(table.loc["Rank: test accuracy (1 = highest)"]) in ([1, 2], [1, 1])
+    shown = format_table(table)
+    assert shown.loc["GPU utilisation (%)", "S1"] == "n/a"
+    assert shown.loc["Parameters: total", "S1"] == f"{records['S1'].params['total']:,}"
+    assert shown.loc["Meta-overfitting flag", "S1"] in ("yes", "no")
+
+
+def test_ranks_ratios_and_overfitting_flag_on_hand_made_records():
+    chance = [0.2] * 4
+    records = {
+        # Best final loss, but test accuracy below the median: flagged by the second rule.
+        "A": fake_record(
+            "A", fake_train([2.0, 0.1], [0.5, 0.55], its=10, memory=400), fake_eval(chance, [0.5] * 4)
+        ),
+        # Training accuracy 0.95 vs test 0.7: gap 0.25 > 0.10, flagged by the first rule.
+        "B": fake_record(
+            "B", fake_train([2.0, 0.5], [0.9, 0.95], its=20, memory=200), fake_eval(chance, [0.7] * 4)
+        ),
+        "C": fake_record(
+            "C", fake_train([2.0, 0.9], [0.6, 0.65], its=5, memory=800), fake_eval(chance, [0.6] * 4)
+        ),
+    }
+    table = comparison_table(records, reference="C")
+    assert table.loc["Meta-overfitting flag"].tolist() == [True, True, False]
+    assert table.loc["Train–test accuracy gap"].tolist() == pytest.approx([0.05, 0.25, 0.05])
+    assert table.loc["Rank: training loss (final, 1 = lowest)"].tolist() == [1, 2, 3]
+    assert table.loc["Rank: test accuracy (1 = highest)"].tolist() == [3, 1, 2]
+    assert table.loc["Rank: speed (1 = fastest)"].tolist() == [2, 1, 3]
+    assert table.loc["Rank: memory (1 = least)"].tolist() == [2, 1, 3]
+    assert table.loc["Speed-up vs reference (it/s ratio)"].tolist() == pytest.approx([2.0, 4.0, 1.0])
+    assert table.loc["Memory vs reference (ratio)"].tolist() == pytest.approx([0.5, 0.25, 1.0])
+    assert training_accuracy(records["B"].train) == 0.95  # last 10% of 2 iterations: the last one
+    with pytest.raises(ValueError, match="reference 'S9'"):
+        comparison_table(records, reference="S9")
+
+
+def test_scenario_record_json_round_trip(records):
+    record = records["S2"]
+    assert ScenarioRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    assert "conv4" in record.label and SOURCE in record.label
+
+
+def test_cached_result_is_reused_only_for_the_same_configuration(records, tmp_path):
+    config, record = PRESETS["smoke"], records["S1"]
+    path = save_result(tmp_path, record, config, pretrained_source=record.pretrained_source)
+    assert path.is_file() and path.with_suffix(".csv").is_file()
+    key = result_key(config, "S1", pretrained_source=record.pretrained_source)
+    assert load_cached(tmp_path, "S1", key) == record
+    changed = result_key(config.replace(inner_lr=config.inner_lr / 2), "S1", pretrained_source=SOURCE)
+    assert changed != key and load_cached(tmp_path, "S1", changed) is None
+    assert result_key(config, "S1", pretrained_source="ImageNet (torchvision)") != key
+    history = pd.read_csv(path.with_suffix(".csv"))
+    assert history["loss"].tolist() == pytest.approx(record.train.losses)
+
+
+def test_stale_or_corrupt_cached_result_is_ignored_with_a_warning(records, tmp_path):
+    config = PRESETS["smoke"]
+    path = save_result(tmp_path, records["S1"], config)
+    key = result_key(config, "S1")
+    document = json.loads(path.read_text())
+    document["config"]["inner_lr"] = 123.0  # stored configuration no longer matches the key in the name
+    path.write_text(json.dumps(document))
+    with pytest.warns(UserWarning, match="does not hash to its key"):
+        assert load_cached(tmp_path, "S1", key) is None
+    path.write_text('{"format": 1, "key": "trunc')
+    before = path.read_bytes()
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert load_cached(tmp_path, "S1", key) is None
+    assert path.read_bytes() == before  # never rewritten by a load
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_cached(tmp_path / "missing", "S1", key) is None  # missing: silent
+    assert result_path(tmp_path, "S3: ResNet18 (ImageNet)", "abc").name == "S3-ResNet18-ImageNet-abc.json"
+
+
+def test_save_table_writes_csv_and_json(records, tmp_path):
+    csv_path, json_path = save_table(comparison_table(records), tmp_path, "comparison")
+    read_back = pd.read_csv(csv_path, index_col=0)
+    assert list(read_back.columns) == ["S1", "S2"] and list(read_back.index) == list(REQUIRED_ROWS)
+    document = json.loads(json_path.read_text())
+    assert set(document["table"]) == {"S1", "S2"} and document["notes"]
+
+
+def test_plots_are_figures_labelled_with_the_pretraining_source(records):
+    for plot in (plot_training_curves, plot_accuracy, plot_cost, plot_adaptation_curves):
+        figure = plot(records)
+        assert isinstance(figure, Figure)
+        texts = [t.get_text() for ax in figure.axes for t in ax.get_xticklabels()]
+        texts += [t.get_text() for ax in figure.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        assert any(SOURCE in text for text in texts), plot.__name__
+        figure.savefig(io.BytesIO(), format="png")  # renders headless
+    assert smooth([1.0, 0.0], alpha=0.5).tolist() == pytest.approx([1.0, 1 / 3])  # bias-corrected EMA

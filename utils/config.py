@@ -1,0 +1,234 @@
+"""Presets and the resolved configuration of the tutorial (ANIL, Raghu et al., ICLR 2020, arXiv:1909.09157).
+
+One frozen :class:`Config` holds every hyperparameter. The notebook's ``parameters`` cell names a preset and may
+override single fields; :func:`resolve_config` validates the result once, and nothing reassigns it afterwards.
+
+Presets:
+
+* ``"seed"``: the seed notebook exactly (105x105, 5-way 1-shot, 5 query, 2,000 training tasks in meta-batches of
+  16, inner_lr 0.01, outer_lr 0.001, 5 inner steps), 100 test tasks plus 600 for the confidence interval.
+* ``"quick"``: tuned for a laptop or a 2-core CPU: 28x28 images; the whole notebook in about 10 minutes.
+* ``"paper"``: the MAML/ANIL paper protocol for a GPU: 28x28, rotation augmentation, 20-way 1-shot.
+* ``"smoke"``: tiny counts, for CI: every cell runs, nothing is meaningful.
+* ``"auto"``: ``"seed"`` on CUDA, ``"quick"`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every hyperparameter of a run. Field comments give the reason for each value."""
+
+    preset: str
+    image_size: int  # 105 is Omniglot's native size (the seed); 28 is the MAML/ANIL standard and 14x cheaper.
+    n_way: int  # classes per task.
+    k_shot: int  # labelled support images per class.
+    k_query: int  # query images per class, on which the outer loss is measured.
+    train_tasks: int  # size of the fixed training pool shared by every scenario (seed: 2,000).
+    meta_batch_size: int  # tasks per outer step (seed: 16).
+    conv4_iterations: int  # outer steps for S1/S2 (and MAML).
+    resnet_iterations: int  # outer steps for S3/S4; a ResNet18 step costs ~10x a conv4 step on a CPU.
+    inner_lr: float  # inner SGD step on the head.
+    outer_lr: float  # Adam step on body and head initialisation.
+    inner_steps: int  # inner SGD steps, in training and at test time.
+    test_tasks: int  # evaluation tasks for the 95% confidence interval (the field's standard is >= 600).
+    seed_test_tasks: int  # the seed's 100 test tasks, to compare with its table.
+    val_tasks: int  # validation tasks from held-out background characters (model selection only).
+    val_fraction: float  # share of background characters held out for validation.
+    val_every: int  # outer steps between validation evaluations (0: never).
+    rotations: bool  # rotation augmentation (x4 classes), as in the MAML protocol.
+    pretrain_epochs: (
+        int  # supervised pre-training epochs of the ResNet body when ImageNet weights are absent.
+    )
+    maml_iterations: int  # outer steps of the MAML baseline (0: skip MAML).
+    curve_steps: int  # largest inner-step count of the adaptation curve.
+    seed: int  # seeds every torch/numpy Generator; same seed, same history on CPU.
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied and validated."""
+        return validate_config(dataclasses.replace(self, **changes))
+
+
+PRESETS: dict[str, Config] = {
+    "seed": Config(
+        preset="seed",
+        image_size=105,
+        n_way=5,
+        k_shot=1,
+        k_query=5,
+        train_tasks=2000,
+        meta_batch_size=16,
+        conv4_iterations=1000,
+        resnet_iterations=1000,
+        inner_lr=0.01,
+        outer_lr=0.001,
+        inner_steps=5,
+        test_tasks=600,
+        seed_test_tasks=100,
+        val_tasks=200,
+        val_fraction=0.1,
+        val_every=250,
+        rotations=False,
+        pretrain_epochs=3,
+        maml_iterations=1000,
+        curve_steps=10,
+        seed=0,
+    ),
+    "quick": Config(
+        preset="quick",
+        image_size=28,
+        n_way=5,
+        k_shot=1,
+        k_query=5,
+        train_tasks=24000,
+        meta_batch_size=16,
+        conv4_iterations=1500,
+        resnet_iterations=150,
+        inner_lr=0.4,
+        outer_lr=0.003,
+        inner_steps=5,
+        test_tasks=600,
+        seed_test_tasks=100,
+        val_tasks=200,
+        val_fraction=0.1,
+        val_every=500,
+        rotations=False,
+        pretrain_epochs=1,
+        maml_iterations=300,
+        curve_steps=10,
+        seed=0,
+    ),
+    "paper": Config(
+        preset="paper",
+        image_size=28,
+        n_way=20,
+        k_shot=1,
+        k_query=15,
+        train_tasks=960000,
+        meta_batch_size=16,
+        conv4_iterations=60000,
+        resnet_iterations=5000,
+        inner_lr=0.1,
+        outer_lr=0.001,
+        inner_steps=5,
+        test_tasks=600,
+        seed_test_tasks=100,
+        val_tasks=200,
+        val_fraction=0.1,
+        val_every=2000,
+        rotations=True,
+        pretrain_epochs=3,
+        maml_iterations=5000,
+        curve_steps=10,
+        seed=0,
+    ),
+    "smoke": Config(
+        preset="smoke",
+        image_size=28,
+        n_way=5,
+        k_shot=1,
+        k_query=5,
+        train_tasks=64,
+        meta_batch_size=4,
+        conv4_iterations=4,
+        resnet_iterations=2,
+        inner_lr=0.4,
+        outer_lr=0.003,
+        inner_steps=2,
+        test_tasks=20,
+        seed_test_tasks=10,
+        val_tasks=8,
+        val_fraction=0.1,
+        val_every=2,
+        rotations=False,
+        pretrain_epochs=1,
+        maml_iterations=2,
+        curve_steps=3,
+        seed=0,
+    ),
+}
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def validate_config(config: Config) -> Config:
+    """Check every field; raise ``ValueError`` naming the field and the expected range."""
+    for name in (
+        "image_size",
+        "n_way",
+        "k_shot",
+        "k_query",
+        "train_tasks",
+        "meta_batch_size",
+        "conv4_iterations",
+        "test_tasks",
+        "seed_test_tasks",
+        "val_tasks",
+        "curve_steps",
+    ):
+        _positive(name, getattr(config, name))
+    for name in ("resnet_iterations", "inner_steps", "val_every", "pretrain_epochs", "maml_iterations"):
+        if not isinstance(getattr(config, name), int) or getattr(config, name) < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {getattr(config, name)!r}.")
+    for name in ("inner_lr", "outer_lr"):
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    if config.k_shot + config.k_query > 20:
+        raise ValueError(
+            f"k_shot + k_query = {config.k_shot} + {config.k_query} = {config.k_shot + config.k_query} exceeds "
+            "the 20 drawings per Omniglot character."
+        )
+    if not 0 < config.val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {config.val_fraction!r}.")
+    return config
+
+
+def resolve_config(preset: str, device: torch.device, **overrides: Any) -> Config:
+    """The preset's configuration with ``overrides`` (fields left ``None`` keep the preset's value).
+
+    Args:
+        preset: ``"auto"``, or one of :data:`PRESETS`.
+        device: the compute device; ``"auto"`` picks ``"seed"`` on CUDA and ``"quick"`` elsewhere.
+        **overrides: field values, e.g. ``inner_lr=0.2``.
+
+    Raises:
+        ValueError: for an unknown preset (listing the valid ones) or field, or an invalid value.
+    """
+    if preset == "auto":
+        preset = "seed" if device.type == "cuda" else "quick"
+    if preset not in PRESETS:
+        raise ValueError(
+            f"Unknown preset {preset!r}. Valid presets: 'auto', {', '.join(map(repr, PRESETS))}."
+        )
+    fields = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"Unknown configuration field(s) {unknown}. Valid fields: {sorted(fields)}.")
+    return PRESETS[preset].replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA if available, else Apple MPS, else CPU (or the ``requested`` one), and print the choice."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            requested = "cuda"
+        elif torch.backends.mps.is_available():
+            requested = "mps"
+        else:
+            requested = "cpu"
+    device = torch.device(requested)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
+    print(f"Device: {device} ({name}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    return device

@@ -1,0 +1,75 @@
+"""Atomic file writes: a file is either complete or absent, never half-written.
+
+Caches, checkpoints and results are written to a temporary file in the destination folder and then moved into
+place with :func:`os.replace`, which is atomic on POSIX and Windows. An interrupted write (the notebook's stop
+button, a full disk) therefore leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def ensure_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it.
+
+    Raises:
+        PermissionError: naming the folder, when it cannot be created or written.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"Cannot write to the folder {str(folder)!r} ({err.strerror or err}). "
+            "Point the cache/results/checkpoint option at a writable folder."
+        ) from err
+    return folder
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+    """Write ``path`` atomically: ``writer(tmp_path)`` fills a temporary file that then replaces ``path``.
+
+    Args:
+        path: destination file.
+        writer: callable that writes the complete content to the temporary path it is given.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    ensure_writable_dir(path.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        # Only reached with tmp still present when writer or replace failed: never leave partial files.
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Serialise ``obj`` as indented JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
