@@ -39,6 +39,8 @@ from torch import Tensor, nn
 from algorithms.features import BNMode, Layout, resolve_layout, set_features
 from utils.networks import freeze_body as freeze_body_weights
 
+LARGE_IMAGE = 64  # image side from which a CPU meta-batch is back-propagated one task at a time
+
 
 class HeadParams(NamedTuple):
     """Per-task head parameters: ``weight (tasks, n_way, features)``, ``bias (tasks, n_way)``."""
@@ -109,8 +111,8 @@ class ANIL:
         first_order: detach inner gradients.
         layout: feature layout, ``"auto"`` picks per device (:func:`algorithms.features.resolve_layout`).
         task_chunk: tasks per forward/backward in :meth:`meta_train_step` (gradients are accumulated over
-            chunks, which changes nothing but memory and speed); ``None`` picks per device: all tasks at once on
-            a GPU, one task at a time on a CPU, where a small working set stays in cache.
+            chunks, which changes nothing but memory and speed); ``None`` picks all tasks at once, except on a
+            CPU with images of 64 px or more, where one task at a time keeps the working set in cache.
         eval_bn: BatchNorm policy at evaluation, ``"batch"`` (as in training) or ``"running"``.
     """
 
@@ -138,20 +140,31 @@ class ANIL:
         if freeze_body:
             freeze_body_weights(body)
         self.device = head.weight.device
-        self.layout = resolve_layout(layout, self.device)
+        # Resolved on the first meta-batch, once the image size is known.
+        resolve_layout(layout, self.device)  # validates the name now
+        self._layout_request, self.layout, self.task_chunk, self._resolved = layout, layout, task_chunk, False
         if task_chunk is not None and (not isinstance(task_chunk, int) or task_chunk < 1):
             raise ValueError(f"task_chunk must be a positive integer or None, got {task_chunk!r}.")
-        self.task_chunk = task_chunk or (1 if self.device.type == "cpu" else 1_000_000)
-        if self.layout == "loop" and self.device.type == "cpu":
-            body.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.outer_lr)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the outer loop updates (frozen body weights excluded)."""
         return [p for p in (*self.body.parameters(), *self.head.parameters()) if p.requires_grad]
 
+    def _resolve_layout(self, image_size: int) -> None:
+        """Fix the layout and task chunk for this device and image size, once (see ``resolve_layout``)."""
+        if self._resolved:
+            return
+        self.layout = resolve_layout(self._layout_request, self.device, self.body, image_size)
+        if self.layout == "loop" and self.device.type == "cpu":
+            self.body.to(memory_format=torch.channels_last)
+        if self.task_chunk is None:
+            self.task_chunk = 1 if self.device.type == "cpu" and image_size >= LARGE_IMAGE else 1_000_000
+        self._resolved = True
+
     def features(self, x: Tensor, training: bool) -> Tensor:
         """Body features per set, ``(tasks, n, C, H, W)`` -> ``(tasks, n, features)``."""
+        self._resolve_layout(x.shape[-1])
         bn = "batch" if training else self.eval_bn
         dropout = training and not self.freeze_body
         feats = set_features(self.body, x, self.layout, bn, update_running_stats=training, dropout=dropout)
@@ -206,6 +219,7 @@ class ANIL:
         tasks at a time with gradients accumulated: the same gradient, a smaller working set.
         """
         self.optimizer.zero_grad(set_to_none=True)
+        self._resolve_layout(tasks[0].shape[-1])
         num_tasks = len(tasks[0])
         loss_sum = acc_sum = 0.0
         for start in range(0, num_tasks, self.task_chunk):

@@ -34,15 +34,26 @@ from torch.func import functional_call, vmap
 Layout = Literal["auto", "loop", "vmap"]
 BNMode = Literal["batch", "running"]
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+DEEP_BODY_CONVS = 10  # conv layers from which a body counts as deep (ResNet18 has 20, conv4 has 4)
+SMALL_IMAGE = 32  # image side up to which per-operation overhead dominates on a CPU
 
 
-def resolve_layout(layout: Layout, device: torch.device) -> Literal["loop", "vmap"]:
-    """Pick the feature layout for a device: per-set loop on CPU/MPS, vmapped sets on CUDA."""
+def resolve_layout(layout: Layout, device: torch.device, body: nn.Module | None = None,
+                   image_size: int | None = None) -> Literal["loop", "vmap"]:
+    """Pick the feature layout for a device (both give identical numbers; only speed differs).
+
+    ``"auto"`` follows measurements (``benchmarks/run.py``): on CUDA one vmapped call, which removes kernel
+    launches; on a CPU a loop over sets, whose small batches stay in cache, except for deep bodies (ResNet18)
+    on small images, where per-operation overhead dominates and one vmapped call over all sets is faster.
+    """
     if layout not in ("auto", "loop", "vmap"):
         raise ValueError(f"layout must be 'auto', 'loop' or 'vmap', got {layout!r}.")
-    if layout == "auto":
-        return "vmap" if device.type == "cuda" else "loop"
-    return layout
+    if layout != "auto":
+        return layout
+    if device.type == "cuda":
+        return "vmap"
+    convs = 0 if body is None else sum(isinstance(m, nn.Conv2d) for m in body.modules())
+    return "vmap" if convs >= DEEP_BODY_CONVS and (image_size or 0) <= SMALL_IMAGE else "loop"
 
 
 @contextmanager

@@ -31,16 +31,12 @@ def make_anil(seed: int = 0, n_way: int = N_WAY, **kwargs: Any) -> ANIL:
     return ANIL(body, head, **{"inner_lr": 0.4, "outer_lr": 0.003, "inner_steps": 2, **kwargs})
 
 
-def make_pool(
-    split: OmniglotSplit, num_tasks: int, seed: int, k_query: int = 2, n_way: int = N_WAY
-) -> TaskPool:
+def make_pool(split: OmniglotSplit, num_tasks: int, seed: int, k_query: int = 2, n_way: int = N_WAY) -> TaskPool:
     """A seeded pool of ``n_way``-way 1-shot tasks from ``split``."""
     return make_task_pool(split.images, num_tasks, n_way, 1, k_query, torch.Generator().manual_seed(seed))
 
 
-def run(
-    learner: Any, pool: TaskPool, iterations: int, meta_batch_size: int = 2, seed: int = 0, **kwargs: Any
-):
+def run(learner: Any, pool: TaskPool, iterations: int, meta_batch_size: int = 2, seed: int = 0, **kwargs: Any):
     """:func:`evaluation.training.train` on the CPU without a progress bar, scenario ``"S1"`` by default."""
     options = {"scenario": "S1", "progress": False, **kwargs}
     generator = torch.Generator().manual_seed(seed)
@@ -55,9 +51,7 @@ def state_tensors(learner: Any) -> dict[str, torch.Tensor]:
     }
 
 
-def fake_train(
-    losses: list[float], accs: list[float], its: float = 10.0, memory: float = 500.0
-) -> TrainResult:
+def fake_train(losses: list[float], accs: list[float], its: float = 10.0, memory: float = 500.0) -> TrainResult:
     """A hand-made TrainResult (pure-logic tests of the comparison table)."""
     return TrainResult(
         scenario="fake",
@@ -95,9 +89,7 @@ def fake_eval(before: list[float], after: list[float], n_way: int = N_WAY) -> Ev
     )
 
 
-def fake_record(
-    name: str, train_result: TrainResult, test: EvalResult, source: str = "random"
-) -> ScenarioRecord:
+def fake_record(name: str, train_result: TrainResult, test: EvalResult, source: str = "random") -> ScenarioRecord:
     """A ScenarioRecord with the parameter counts of a real 28x28 conv4 network."""
     learner = make_anil()
     return ScenarioRecord(

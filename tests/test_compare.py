@@ -104,16 +104,10 @@ def test_ranks_ratios_and_overfitting_flag_on_hand_made_records():
     chance = [0.2] * 4
     records = {
         # Best final loss, but test accuracy below the median: flagged by the second rule.
-        "A": fake_record(
-            "A", fake_train([2.0, 0.1], [0.5, 0.55], its=10, memory=400), fake_eval(chance, [0.5] * 4)
-        ),
+        "A": fake_record("A", fake_train([2.0, 0.1], [0.5, 0.55], its=10, memory=400), fake_eval(chance, [0.5] * 4)),
         # Training accuracy 0.95 vs test 0.7: gap 0.25 > 0.10, flagged by the first rule.
-        "B": fake_record(
-            "B", fake_train([2.0, 0.5], [0.9, 0.95], its=20, memory=200), fake_eval(chance, [0.7] * 4)
-        ),
-        "C": fake_record(
-            "C", fake_train([2.0, 0.9], [0.6, 0.65], its=5, memory=800), fake_eval(chance, [0.6] * 4)
-        ),
+        "B": fake_record("B", fake_train([2.0, 0.5], [0.9, 0.95], its=20, memory=200), fake_eval(chance, [0.7] * 4)),
+        "C": fake_record("C", fake_train([2.0, 0.9], [0.6, 0.65], its=5, memory=800), fake_eval(chance, [0.6] * 4)),
     }
     table = comparison_table(records, reference="C")
     assert table.loc["Meta-overfitting flag"].tolist() == [True, True, False]

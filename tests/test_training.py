@@ -78,15 +78,11 @@ def test_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(po
     reference = make_anil()
     expected = run(reference, pool, iterations=7)
     checkpoint = tmp_path / "s1.pt"
-    first = run(
-        make_anil(), pool, iterations=7, checkpoint_path=checkpoint, checkpoint_every=2, callback=stop_at(3)
-    )
+    first = run(make_anil(), pool, iterations=7, checkpoint_path=checkpoint, checkpoint_every=2, callback=stop_at(3))
     assert first.interrupted and first.iterations_done == 3 and first.losses == expected.losses[:3]
     assert "interrupted after 3 of 7" in capsys.readouterr().out
     resumed_learner = make_anil(seed=5)  # different initial weights: everything must come from the file
-    resumed = run(
-        resumed_learner, pool, iterations=7, seed=99, checkpoint_path=checkpoint, resume_from=checkpoint
-    )
+    resumed = run(resumed_learner, pool, iterations=7, seed=99, checkpoint_path=checkpoint, resume_from=checkpoint)
     assert not resumed.interrupted and resumed.iterations_done == 7
     assert resumed.losses == expected.losses and resumed.accs == expected.accs
     assert_same_state(resumed_learner, reference)
@@ -195,8 +191,7 @@ def test_pretrain_body_learns_caches_and_reloads(background28, tmp_path, capsys)
     assert "Loaded the pre-trained conv4 body from the cache" in capsys.readouterr().out
     assert reloaded.pretrain_stats == trained.pretrain_stats
     assert all(
-        torch.equal(a, b)
-        for a, b in zip(trained.state_dict().values(), reloaded.state_dict().values(), strict=True)
+        torch.equal(a, b) for a, b in zip(trained.state_dict().values(), reloaded.state_dict().values(), strict=True)
     )
     assert torch.equal(generator.get_state(), again_generator.get_state())  # same draws, hit or miss
     pretrain(images, 1, tmp_path)

@@ -45,9 +45,8 @@ class Config:
     val_fraction: float  # share of background characters held out for validation.
     val_every: int  # outer steps between validation evaluations (0: never).
     rotations: bool  # rotation augmentation (x4 classes), as in the MAML protocol.
-    pretrain_epochs: (
-        int  # supervised pre-training epochs of the ResNet body when ImageNet weights are absent.
-    )
+    pretrain_epochs: int  # supervised pre-training epochs of the ResNet body without ImageNet weights.
+    pretrain_characters: int  # background characters used for that pre-training (0: all training characters).
     maml_iterations: int  # outer steps of the MAML baseline (0: skip MAML).
     curve_steps: int  # largest inner-step count of the adaptation curve.
     seed: int  # seeds every torch/numpy Generator; same seed, same history on CPU.
@@ -78,6 +77,7 @@ PRESETS: dict[str, Config] = {
         val_every=250,
         rotations=False,
         pretrain_epochs=3,
+        pretrain_characters=0,
         maml_iterations=1000,
         curve_steps=10,
         seed=0,
@@ -102,6 +102,7 @@ PRESETS: dict[str, Config] = {
         val_every=500,
         rotations=False,
         pretrain_epochs=1,
+        pretrain_characters=0,
         maml_iterations=300,
         curve_steps=10,
         seed=0,
@@ -126,6 +127,7 @@ PRESETS: dict[str, Config] = {
         val_every=2000,
         rotations=True,
         pretrain_epochs=3,
+        pretrain_characters=0,
         maml_iterations=5000,
         curve_steps=10,
         seed=0,
@@ -150,6 +152,7 @@ PRESETS: dict[str, Config] = {
         val_every=2,
         rotations=False,
         pretrain_epochs=1,
+        pretrain_characters=40,
         maml_iterations=2,
         curve_steps=3,
         seed=0,
@@ -178,7 +181,8 @@ def validate_config(config: Config) -> Config:
         "curve_steps",
     ):
         _positive(name, getattr(config, name))
-    for name in ("resnet_iterations", "inner_steps", "val_every", "pretrain_epochs", "maml_iterations"):
+    for name in ("resnet_iterations", "inner_steps", "val_every", "pretrain_epochs", "pretrain_characters",
+                 "maml_iterations"):
         if not isinstance(getattr(config, name), int) or getattr(config, name) < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {getattr(config, name)!r}.")
     for name in ("inner_lr", "outer_lr"):

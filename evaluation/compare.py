@@ -1,0 +1,224 @@
+"""The scenario comparison table: cost, training and test accuracy of every scenario, side by side.
+
+One column per scenario (S1-S4 of the seed notebook, optionally MAML on the same tasks) and one row per metric
+of the seed's table, extended with confidence intervals, ranks and a meta-overfitting flag. The question it
+answers is the ANIL paper's (Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse? Towards
+Understanding the Effectiveness of MAML", ICLR 2020, arXiv:1909.09157): how much accuracy each body and
+training regime buys, and at what cost. Every column names its architecture and pretraining source.
+
+:func:`comparison_table` returns raw values (ints, floats, strings, ``None``) so that code can use them;
+:func:`format_table` turns them into display strings. Notes on the table (the seed's double-counted S4 total,
+the overfitting rule, what the memory figures measure) are in ``table.attrs["notes"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from evaluation.evaluate import EvalResult
+from evaluation.resources import MEMORY_KIND_LABELS
+from evaluation.serialise import dataclass_kwargs
+from evaluation.training import TrainResult
+from utils.networks import RESNET_FROZEN_TOTAL_NOTE
+
+OVERFIT_GAP = 0.10
+TRAIN_ACC_WINDOW = 0.10  # share of the last iterations whose training accuracy is averaged
+OVERFIT_RULE = (
+    f"Meta-overfitting is flagged when the training query accuracy (mean over the last "
+    f"{TRAIN_ACC_WINDOW:.0%} of iterations, after adaptation) exceeds the test accuracy after adaptation "
+    f"by more than {OVERFIT_GAP:.2f}, or when a scenario has the lowest final training loss of all but a "
+    "test accuracy below their median."
+)
+CI_NOTE = "95% CI: ± 1.96 · sample std (ddof=1) / √tasks over per-task query accuracies."
+MEMORY_NOTE = (
+    "Peak memory: torch.cuda.max_memory_allocated on CUDA; on a CPU the peak resident set of the whole "
+    "process (data set and every model included), so CPU figures compare scenarios only roughly."
+)
+
+
+@dataclass
+class ScenarioRecord:
+    """Everything the comparison needs about one scenario; JSON round trip via :meth:`to_dict`.
+
+    Attributes:
+        name: column name, e.g. ``"S1"``.
+        description: one line, e.g. ``"conv4, full ANIL"``.
+        architecture: ``"conv4"``, ``"resnet18"``, ...
+        pretrained_source: ``"ImageNet (torchvision)"``, ``"Omniglot background, supervised"`` or
+            ``"random"``.
+        params: :func:`utils.networks.parameter_table` of the scenario's network.
+        train: the training history and cost.
+        test: evaluation on the standard pool (>= 600 tasks).
+        train_tasks: size of the training task pool.
+        test_seed: evaluation on the seed's 100 tasks, if measured.
+        adaptation_curve: test accuracy after 0, 1, ... inner steps, if measured.
+    """
+
+    name: str
+    description: str
+    architecture: str
+    pretrained_source: str
+    params: dict[str, int]
+    train: TrainResult
+    test: EvalResult
+    train_tasks: int
+    test_seed: EvalResult | None = None
+    adaptation_curve: list[float] | None = None
+
+    @property
+    def label(self) -> str:
+        """Legend label naming the architecture and the pretraining source."""
+        return f"{self.name}: {self.architecture} ({self.pretrained_source})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dictionary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScenarioRecord:
+        """Inverse of :meth:`to_dict`; ``ValueError`` naming missing fields."""
+        kwargs = dataclass_kwargs(cls, data)
+        kwargs["train"] = TrainResult.from_dict(kwargs["train"])
+        kwargs["test"] = EvalResult.from_dict(kwargs["test"])
+        if kwargs.get("test_seed") is not None:
+            kwargs["test_seed"] = EvalResult.from_dict(kwargs["test_seed"])
+        return cls(**kwargs)
+
+
+def training_accuracy(train: TrainResult) -> float:
+    """Mean training query accuracy over the last :data:`TRAIN_ACC_WINDOW` of iterations (at least one)."""
+    window = max(1, round(len(train.accs) * TRAIN_ACC_WINDOW))
+    return sum(train.accs[-window:]) / window if train.accs else float("nan")
+
+
+def _seed_test(r: ScenarioRecord, attribute: str) -> float | None:
+    return None if r.test_seed is None else getattr(r.test_seed, attribute)
+
+
+# Row label -> (value of one scenario, display format). Relative rows are added by _relative_rows.
+Getter = Callable[[ScenarioRecord], Any]
+BASE_ROWS: dict[str, tuple[Getter, str]] = {
+    "Description": (lambda r: r.description, "s"),
+    "Architecture": (lambda r: r.architecture, "s"),
+    "Pretraining source": (lambda r: r.pretrained_source, "s"),
+    "Parameters: total": (lambda r: r.params["total"], ",d"),
+    "Parameters: trainable": (lambda r: r.params["trainable"], ",d"),
+    "Parameters: body": (lambda r: r.params["body"], ",d"),
+    "Parameters: head": (lambda r: r.params["head"], ",d"),
+    "Parameters: BatchNorm": (lambda r: r.params["batchnorm"], ",d"),
+    "Training tasks": (lambda r: r.train_tasks, ",d"),
+    "Params/task ratio (trainable / training tasks)": (
+        lambda r: r.params["trainable"] / r.train_tasks,
+        ",.1f",
+    ),
+    "Iterations": (lambda r: r.train.iterations_done, ",d"),
+    "Loss: initial": (lambda r: r.train.losses[0], ".3f"),
+    "Loss: final": (lambda r: r.train.losses[-1], ".3f"),
+    "Loss: best (minimum)": (lambda r: min(r.train.losses), ".3f"),
+    "Loss: maximum": (lambda r: max(r.train.losses), ".3f"),
+    "Training accuracy (last 10% of iterations)": (lambda r: training_accuracy(r.train), ".3f"),
+    "Training time (s)": (lambda r: r.train.wall_time_s, ",.1f"),
+    "Iterations/s": (lambda r: r.train.iterations_per_s, ".2f"),
+    "GPU utilisation (%)": (lambda r: r.train.gpu_utilisation, ".0f"),
+    "Peak memory (MB)": (lambda r: r.train.peak_memory_mb, ",.0f"),
+    "Memory measure": (lambda r: MEMORY_KIND_LABELS.get(r.train.memory_kind, r.train.memory_kind), "s"),
+    "Device": (lambda r: r.train.device, "s"),
+    "Test tasks": (lambda r: r.test.num_tasks, ",d"),
+    "Accuracy before adaptation": (lambda r: r.test.acc_before, ".3f"),
+    "Accuracy after adaptation": (lambda r: r.test.acc_after, ".3f"),
+    "Adaptation gain": (lambda r: r.test.gain, "+.3f"),
+    "95% CI (±, after adaptation)": (lambda r: r.test.ci_after, ".3f"),
+    "NIL accuracy (no inner loop)": (lambda r: r.test.nil_acc, ".3f"),
+    "Accuracy after adaptation (seed's 100 tasks)": (lambda r: _seed_test(r, "acc_after"), ".3f"),
+    "95% CI (±, seed's 100 tasks)": (lambda r: _seed_test(r, "ci_after"), ".3f"),
+}
+RELATIVE_ROWS: dict[str, str] = {
+    "Speed-up vs reference (it/s ratio)": ".2f",
+    "Memory vs reference (ratio)": ".2f",
+    "Train–test accuracy gap": "+.3f",
+    "Rank: training loss (final, 1 = lowest)": "d",
+    "Rank: test accuracy (1 = highest)": "d",
+    "Rank: speed (1 = fastest)": "d",
+    "Rank: memory (1 = least)": "d",
+    "Meta-overfitting flag": "flag",
+}
+ROW_FORMATS = {**{label: fmt for label, (_, fmt) in BASE_ROWS.items()}, **RELATIVE_ROWS}
+REQUIRED_ROWS = tuple(ROW_FORMATS)
+
+
+def _rank(row: pd.Series, lowest_first: bool) -> pd.Series:
+    """Competition ranks (1, 2, 2, 4) of a row of numbers; missing values stay missing."""
+    ranks = pd.to_numeric(row, errors="coerce").rank(method="min", ascending=lowest_first)
+    return ranks.map(lambda v: None if pd.isna(v) else int(v)).astype(object)
+
+
+def _relative_rows(table: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Rows comparing scenarios: ratios to ``reference``, ranks, the train-test gap, the overfitting flag."""
+    speed, memory = table.loc["Iterations/s"].astype(float), table.loc["Peak memory (MB)"].astype(float)
+    test_acc = table.loc["Accuracy after adaptation"].astype(float)
+    final_loss = table.loc["Loss: final"].astype(float)
+    gap = table.loc["Training accuracy (last 10% of iterations)"].astype(float) - test_acc
+    loss_rank = _rank(final_loss, lowest_first=True)
+    best_but_worse = (loss_rank == 1) & (test_acc < test_acc.median())
+    rows = {
+        "Speed-up vs reference (it/s ratio)": speed / speed[reference],
+        "Memory vs reference (ratio)": memory / memory[reference],
+        "Train–test accuracy gap": gap,
+        "Rank: training loss (final, 1 = lowest)": loss_rank,
+        "Rank: test accuracy (1 = highest)": _rank(test_acc, lowest_first=False),
+        "Rank: speed (1 = fastest)": _rank(speed, lowest_first=False),
+        "Rank: memory (1 = least)": _rank(memory, lowest_first=True),
+        "Meta-overfitting flag": (gap > OVERFIT_GAP) | best_but_worse,
+    }
+    return pd.DataFrame(rows).T.astype(object)
+
+
+def comparison_table(scenarios: Mapping[str, ScenarioRecord], reference: str | None = None) -> pd.DataFrame:
+    """The comparison table: one row per metric (:data:`REQUIRED_ROWS`), one column per scenario.
+
+    Args:
+        scenarios: column name -> record, in display order (e.g. S1, S2, S3, S4, MAML).
+        reference: column that speed-up and memory ratios are relative to; the first column by default (S1).
+
+    Returns:
+        An object-dtype DataFrame of raw values (``None`` where not measured, e.g. GPU utilisation on a CPU);
+        ``attrs["notes"]`` lists the notes and ``attrs["reference"]`` the reference column.
+    """
+    if not scenarios:
+        raise ValueError("comparison_table needs at least one scenario.")
+    reference = next(iter(scenarios)) if reference is None else reference
+    if reference not in scenarios:
+        raise ValueError(f"reference {reference!r} is not a scenario; choose one of {list(scenarios)}.")
+    base = pd.DataFrame(
+        {name: [get(r) for get, _ in BASE_ROWS.values()] for name, r in scenarios.items()},
+        index=list(BASE_ROWS),
+        dtype=object,
+    )
+    table = pd.concat([base, _relative_rows(base, reference)]).loc[list(ROW_FORMATS)]
+    table.attrs["reference"] = reference
+    ratio_note = f"Speed-up and memory ratios are relative to {reference}."
+    table.attrs["notes"] = [RESNET_FROZEN_TOTAL_NOTE, OVERFIT_RULE, CI_NOTE, MEMORY_NOTE, ratio_note]
+    return table
+
+
+def _format_value(value: Any, fmt: str) -> str:
+    """Display string of one table cell; ``None`` and NaN become ``"n/a"``."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    if fmt == "flag":
+        return "yes" if value else "no"
+    return format(value, fmt)
+
+
+def format_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Display version of :func:`comparison_table`: thousands separators, 3-decimal accuracies, ``"n/a"``."""
+    formatted = pd.DataFrame(
+        {col: [_format_value(v, ROW_FORMATS.get(row, "")) for row, v in table[col].items()] for col in table},
+        index=table.index,
+    )
+    formatted.attrs = dict(table.attrs)
+    return formatted

@@ -1,0 +1,263 @@
+"""Few-shot evaluation: query accuracy before and after adaptation, with 95% confidence intervals.
+
+Protocol of ANIL (Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding the
+Effectiveness of MAML", ICLR 2020, arXiv:1909.09157) and MAML on Omniglot (Lake et al., Science 2015): a
+fixed, seeded pool of N-way K-shot tasks from characters never seen in training (``images_evaluation``); each
+task's head starts from the learnt initialisation, takes ``steps`` SGD steps on the support set and is scored
+on the query set. The accuracy *before* adaptation (``steps=0``, the head at its initialisation) is chance
+level, ``1 / n_way``, on average: every task assigns its labels by a random permutation.
+
+Confidence interval: ``mean ± 1.96 · s / √n`` over the ``n`` per-task accuracies, with ``s`` the **sample**
+standard deviation (``ddof=1``). 1.96 is the normal quantile; for the seed's 100 tasks Student's t would give
+1.984, 1% wider. The field's standard is ``n >= 600`` tasks.
+
+NIL ("No Inner Loop", :mod:`algorithms.nil`) classifies the same queries by cosine similarity to the support
+features, without any head; it is available for ANIL learners.
+
+Everything runs under ``torch.no_grad``: ANIL's inner loop uses the closed-form head gradient, and MAML's
+``adapt`` re-enables autograd for itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from algorithms.anil import ANIL, HeadParams, head_logits, inner_loop, validate_tasks
+from algorithms.nil import nil_logits
+from evaluation.serialise import dataclass_kwargs
+from utils.tasks import TaskBatch, TaskPool
+
+Z_95 = 1.96  # two-sided 95% quantile of the normal distribution
+
+
+@dataclass
+class EvalResult:
+    """Accuracies on a pool of evaluation tasks; accuracies are fractions in ``[0, 1]``.
+
+    Attributes:
+        num_tasks: tasks evaluated.
+        n_way: classes per task (chance level is ``1 / n_way``).
+        steps: inner steps of the adaptation.
+        acc_before: mean query accuracy with the head at its initialisation.
+        ci_before: 95% CI half-width of ``acc_before``.
+        acc_after: mean query accuracy after ``steps`` inner steps.
+        ci_after: 95% CI half-width of ``acc_after``.
+        gain: ``acc_after - acc_before``.
+        gain_ci: 95% CI half-width of the per-task (paired) gains.
+        per_task_before: accuracy of every task before adaptation.
+        per_task_after: accuracy of every task after adaptation.
+        nil_acc: mean NIL accuracy, ``None`` when not measured.
+        nil_ci: 95% CI half-width of ``nil_acc``.
+        per_task_nil: NIL accuracy of every task.
+        eval_time_s: wall time of the evaluation.
+    """
+
+    num_tasks: int
+    n_way: int
+    steps: int
+    acc_before: float
+    ci_before: float
+    acc_after: float
+    ci_after: float
+    gain: float
+    gain_ci: float
+    per_task_before: list[float]
+    per_task_after: list[float]
+    nil_acc: float | None = None
+    nil_ci: float | None = None
+    per_task_nil: list[float] | None = None
+    eval_time_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dictionary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
+        """Inverse of :meth:`to_dict`; ``ValueError`` naming missing fields."""
+        return cls(**dataclass_kwargs(cls, data))
+
+
+def confidence_interval(per_task_acc: Sequence[float] | Tensor) -> tuple[float, float]:
+    """Mean and 95% confidence half-width ``1.96 · s / √n`` (``s``: sample standard deviation, ddof=1).
+
+    Args:
+        per_task_acc: ``(n,)`` per-task accuracies.
+
+    Returns:
+        ``(mean, half_width)``; the half-width is ``nan`` for a single task.
+    """
+    values = torch.as_tensor(per_task_acc, dtype=torch.float64).flatten()
+    if values.numel() == 0:
+        raise ValueError("confidence_interval needs at least one per-task accuracy, got none.")
+    mean = values.mean().item()
+    if values.numel() == 1:
+        return mean, math.nan
+    return mean, Z_95 * values.std(correction=1).item() / math.sqrt(values.numel())
+
+
+def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-task accuracy ``(tasks,)`` of logits ``(tasks, n, n_way)`` against labels ``(tasks, n)``."""
+    return (logits.argmax(-1) == labels).float().mean(1)
+
+
+def _anil_accuracies(anil: ANIL, batch: TaskBatch, steps: Sequence[int]) -> Tensor:
+    """ANIL query accuracy after each number of inner steps, reusing the body's features.
+
+    Identical to ``anil.predict(query_x, anil.adapt(support_x, support_y, steps=s))`` for every ``s``: the
+    body runs once per set and the inner loop continues from the previous step count instead of restarting.
+
+    Returns:
+        ``(len(steps), tasks)`` accuracies.
+    """
+    validate_tasks(*batch, anil.head.out_features, anil.body)
+    support, query = anil.features(batch.support_x, False), anil.features(batch.query_x, False)
+    fast, done, by_steps = HeadParams(anil.head.weight, anil.head.bias), 0, {}
+    for target in sorted(set(steps)):
+        fast = inner_loop(support, batch.support_y, fast, target - done, anil.inner_lr, first_order=True)
+        by_steps[target], done = _accuracy(head_logits(query, fast), batch.query_y), target
+    return torch.stack([by_steps[s] for s in steps])
+
+
+def accuracies_by_steps(learner: Any, batch: TaskBatch, steps: Sequence[int]) -> Tensor:
+    """Query accuracy of every task of ``batch`` after each number of inner steps in ``steps``.
+
+    Args:
+        learner: ANIL (fast path) or any learner with ``adapt(support_x, support_y, steps)`` and ``predict``.
+        batch: tasks, ``support_x (tasks, n_way * k_shot, 1, H, W)`` etc.
+        steps: inner step counts, e.g. ``[0, 5]``.
+
+    Returns:
+        ``(len(steps), tasks)`` accuracies in ``[0, 1]``.
+    """
+    if isinstance(learner, ANIL):
+        return _anil_accuracies(learner, batch, steps)
+    support_x, support_y, query_x, query_y = batch
+    return torch.stack(
+        [_accuracy(learner.predict(query_x, learner.adapt(support_x, support_y, steps=s)), query_y) for s in steps]
+    )
+
+
+def _per_task(
+    learner: Any,
+    pool: TaskPool,
+    steps: Sequence[int],
+    batch_size: int,
+    device: Any,
+    nil: bool,
+    progress: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Accuracies ``(len(steps), tasks)`` over the whole pool, and NIL accuracies ``(tasks,)`` if asked."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if nil and not isinstance(learner, ANIL):
+        raise ValueError(f"NIL needs an ANIL learner (its body's features), got {type(learner).__name__}.")
+    accs, nils = [], []
+    starts = range(0, len(pool), batch_size)
+    with torch.no_grad():
+        for start in tqdm(starts, desc="Evaluating", unit="batch", disable=not progress, leave=False):
+            batch = pool.batch(slice(start, start + batch_size), device)
+            accs.append(accuracies_by_steps(learner, batch, steps).cpu())
+            if nil:
+                nils.append(_accuracy(nil_logits(learner, *batch[:3]), batch.query_y).cpu())
+    return torch.cat(accs, dim=1), torch.cat(nils) if nil else None
+
+
+def evaluate(
+    learner: Any,
+    task_pool: TaskPool,
+    *,
+    batch_size: int = 32,
+    device: torch.device | str,
+    steps: int | None = None,
+    nil: bool = False,
+    progress: bool = True,
+) -> EvalResult:
+    """Query accuracy before and after adaptation on every task of ``task_pool``.
+
+    Args:
+        learner: an ANIL or MAML learner.
+        task_pool: fixed evaluation tasks (from ``images_evaluation``, or held-out background characters
+            for validation).
+        batch_size: tasks materialised and evaluated at once.
+        device: where the tasks are sent (the learner's device).
+        steps: inner steps; defaults to ``learner.inner_steps``.
+        nil: also measure NIL accuracy (ANIL only).
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`EvalResult` with means, 95% CI half-widths and per-task accuracies.
+    """
+    steps = learner.inner_steps if steps is None else steps
+    started = time.perf_counter()
+    accs, nils = _per_task(learner, task_pool, [0, steps], batch_size, device, nil, progress)
+    (before, ci_before), (after, ci_after) = confidence_interval(accs[0]), confidence_interval(accs[1])
+    nil_acc, nil_ci = confidence_interval(nils) if nils is not None else (None, None)
+    return EvalResult(
+        num_tasks=len(task_pool),
+        n_way=task_pool.n_way,
+        steps=steps,
+        acc_before=before,
+        ci_before=ci_before,
+        acc_after=after,
+        ci_after=ci_after,
+        gain=after - before,
+        gain_ci=confidence_interval(accs[1] - accs[0])[1],
+        per_task_before=accs[0].tolist(),
+        per_task_after=accs[1].tolist(),
+        nil_acc=nil_acc,
+        nil_ci=nil_ci,
+        per_task_nil=None if nils is None else nils.tolist(),
+        eval_time_s=time.perf_counter() - started,
+    )
+
+
+def adaptation_curve(
+    learner: Any,
+    task_pool: TaskPool,
+    max_steps: int,
+    *,
+    batch_size: int = 32,
+    device: torch.device | str,
+    progress: bool = True,
+) -> list[float]:
+    """Mean query accuracy after ``0, 1, ..., max_steps`` inner steps.
+
+    Returns:
+        ``max_steps + 1`` accuracies; entry ``s`` equals ``evaluate(..., steps=s).acc_after``.
+    """
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+        raise ValueError(f"max_steps must be an integer >= 0, got {max_steps!r}.")
+    accs, _ = _per_task(learner, task_pool, range(max_steps + 1), batch_size, device, False, progress)
+    return accs.mean(1).tolist()
+
+
+def curve_frame(curves: Mapping[str, Sequence[float]]) -> pd.DataFrame:
+    """Long-format table of adaptation curves: columns ``scenario``, ``steps``, ``accuracy``."""
+    rows = [
+        {"scenario": name, "steps": step, "accuracy": acc}
+        for name, curve in curves.items()
+        for step, acc in enumerate(curve)
+    ]
+    return pd.DataFrame(rows, columns=["scenario", "steps", "accuracy"])
+
+
+def adaptation_curves(learners: Mapping[str, Any], task_pool: TaskPool, max_steps: int, **kwargs: Any) -> pd.DataFrame:
+    """:func:`adaptation_curve` of several scenarios on the same tasks, as a :func:`curve_frame`.
+
+    Args:
+        learners: scenario name -> learner.
+        task_pool: the shared evaluation tasks.
+        max_steps: largest inner-step count.
+        **kwargs: ``device``, ``batch_size``, ``progress`` for :func:`adaptation_curve`.
+    """
+    return curve_frame({name: adaptation_curve(lrn, task_pool, max_steps, **kwargs) for name, lrn in learners.items()})

@@ -1,0 +1,117 @@
+"""Figures of the scenario comparison: training curves, accuracy, cost and the adaptation curve.
+
+Each function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``, so it works on a headless
+machine with any backend, does not display twice in Jupyter and is freed with the object. Every legend and
+tick label is :attr:`evaluation.compare.ScenarioRecord.label`, which names the architecture and the
+pretraining source. The adaptation curve is the ANIL paper's question in one picture (Raghu, Raghu, Bengio &
+Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding the Effectiveness of MAML", ICLR 2020,
+arXiv:1909.09157): how much of the accuracy appears only after inner steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from evaluation.compare import ScenarioRecord
+from evaluation.resources import MEMORY_KIND_LABELS
+
+EMA_ALPHA = 0.05  # weight of the newest iteration in the smoothed curves (~20-iteration memory)
+
+
+def smooth(values: Sequence[float], alpha: float = EMA_ALPHA) -> np.ndarray:
+    """Exponential moving average (bias-corrected, as pandas' ``ewm(adjust=True)``) of ``values``."""
+    return pd.Series(values, dtype=float).ewm(alpha=alpha).mean().to_numpy()
+
+
+def _chance_line(ax: Axes, records: Mapping[str, ScenarioRecord]) -> None:
+    """Dashed horizontal line at ``1 / n_way``."""
+    n_way = next(iter(records.values())).test.n_way
+    ax.axhline(1 / n_way, color="grey", linestyle="--", linewidth=1, label=f"chance (1/{n_way})")
+
+
+def plot_training_curves(records: Mapping[str, ScenarioRecord], alpha: float = EMA_ALPHA) -> Figure:
+    """Meta-training loss and query accuracy per iteration: raw values faint, their EMA bold.
+
+    Args:
+        records: scenario name -> record.
+        alpha: EMA weight of the newest iteration.
+    """
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for i, record in enumerate(records.values()):
+        for ax, values in zip(axes, (record.train.losses, record.train.accs), strict=True):
+            steps = np.arange(1, len(values) + 1)
+            ax.plot(steps, values, color=f"C{i}", alpha=0.2, linewidth=0.8)
+            ax.plot(steps, smooth(values, alpha), color=f"C{i}", linewidth=2, label=record.label)
+    for ax, name in zip(axes, ("query loss", "query accuracy"), strict=True):
+        ax.set(xlabel="outer iteration", ylabel=f"meta-training {name}", title=f"Training {name} (EMA α={alpha})")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def plot_accuracy(records: Mapping[str, ScenarioRecord]) -> Figure:
+    """Test accuracy before and after adaptation per scenario, with 95% CI error bars and the chance level."""
+    fig = Figure(figsize=(max(6, 2.2 * len(records)), 4.5), layout="constrained")
+    ax = fig.subplots()
+    x, width = np.arange(len(records)), 0.38
+    for offset, (name, mean, ci) in zip(
+        (-width / 2, width / 2),
+        (("before", "acc_before", "ci_before"), ("after", "acc_after", "ci_after")),
+        strict=True,
+    ):
+        values = [getattr(r.test, mean) for r in records.values()]
+        errors = [getattr(r.test, ci) for r in records.values()]
+        ax.bar(x + offset, values, width, yerr=errors, capsize=4, label=f"{name} adaptation")
+    _chance_line(ax, records)
+    ax.set_xticks(x, [r.label.replace(": ", "\n", 1) for r in records.values()], fontsize="small")
+    tasks = next(iter(records.values())).test.num_tasks
+    ax.set(ylabel="query accuracy", ylim=(0, 1), title=f"Test accuracy on {tasks} tasks (95% CI)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_cost(records: Mapping[str, ScenarioRecord]) -> Figure:
+    """Training speed (iterations/s) and peak memory per scenario."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    labels = [r.label.replace(": ", "\n", 1) for r in records.values()]
+    colors = [f"C{i}" for i in range(len(records))]
+    kind = MEMORY_KIND_LABELS.get(next(iter(records.values())).train.memory_kind, "peak memory")
+    axes[0].bar(labels, [r.train.iterations_per_s for r in records.values()], color=colors)
+    axes[0].set(ylabel="outer iterations / s", title="Training speed (higher is better)")
+    axes[1].bar(labels, [r.train.peak_memory_mb for r in records.values()], color=colors)
+    axes[1].set(ylabel=f"MB ({kind})", title="Peak memory (lower is better)")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize="small")
+    return fig
+
+
+def plot_adaptation_curves(records: Mapping[str, ScenarioRecord]) -> Figure:
+    """Test accuracy after 0, 1, ..., k inner steps, one line per scenario that has a curve, and chance."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, record in enumerate(records.values()):
+        if record.adaptation_curve is not None:
+            ax.plot(
+                range(len(record.adaptation_curve)),
+                record.adaptation_curve,
+                marker="o",
+                color=f"C{i}",
+                label=record.label,
+            )
+    _chance_line(ax, records)
+    ax.set(
+        xlabel="inner steps on the support set",
+        ylabel="query accuracy",
+        ylim=(0, 1),
+        title="Adaptation curve (test tasks)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig

@@ -1,0 +1,188 @@
+"""The four training scenarios of the tutorial, and MAML beside them, run by one function.
+
+ANIL (Raghu et al., "Rapid Learning or Feature Reuse?", ICLR 2020, arXiv:1909.09157) is compared here in four
+settings: a conv4 body trained from scratch in second order (S1) and first order (S2), and a pretrained
+ResNet18 body either fine-tuned (S3) or frozen except for its BatchNorm layers (S4). :func:`run_scenario`
+builds the network, meta-trains it on the shared task pool, evaluates it on the shared evaluation tasks and
+caches the result under a key of the whole configuration, so one function serves every scenario.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from algorithms.anil import ANIL
+from algorithms.maml import MAML
+from evaluation.compare import ScenarioRecord
+from evaluation.evaluate import adaptation_curve, evaluate
+from evaluation.pretrain import PRETRAIN_SOURCE, pretrain_body
+from evaluation.results import load_cached, result_key, save_result
+from evaluation.training import train
+from utils.config import Config
+from utils.data import OmniglotSplit, split_characters
+from utils.networks import (
+    WeightsUnavailableError,
+    create_anil_network,
+    create_pretrained_resnet_body,
+    parameter_table,
+)
+from utils.tasks import TaskPool, make_task_pool
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """What distinguishes one scenario from another."""
+
+    name: str
+    description: str
+    architecture: Literal["conv4", "resnet18"]
+    first_order: bool
+    freeze_body: bool
+    algorithm: Literal["anil", "maml"] = "anil"
+
+
+SCENARIOS: dict[str, ScenarioSpec] = {
+    "S1": ScenarioSpec("S1", "conv4, second order", "conv4", first_order=False, freeze_body=False),
+    "S2": ScenarioSpec("S2", "conv4, first order", "conv4", first_order=True, freeze_body=False),
+    "S3": ScenarioSpec("S3", "ResNet18, trainable body", "resnet18", first_order=True, freeze_body=False),
+    "S4": ScenarioSpec("S4", "ResNet18, frozen body + BatchNorm", "resnet18", first_order=True, freeze_body=True),
+}
+MAML_SPEC = ScenarioSpec("MAML", "conv4 MAML, second order", "conv4", first_order=False, freeze_body=False,
+                         algorithm="maml")
+ANIL_AT_MAML_BUDGET = ScenarioSpec("ANIL (MAML budget)", "conv4 ANIL, second order", "conv4",
+                                   first_order=False, freeze_body=False)
+
+
+@dataclass(frozen=True)
+class TaskPools:
+    """The fixed task pools every scenario shares."""
+
+    train: TaskPool  # background characters minus the validation ones
+    val: TaskPool  # held-out background characters: model selection only
+    test: TaskPool  # images_evaluation, >= 600 tasks
+    test_seed: TaskPool  # images_evaluation, the seed's 100 tasks
+    train_images: torch.Tensor  # uint8 (characters, 20, H, W) of the training characters
+
+
+def make_pools(background: OmniglotSplit, evaluation: OmniglotSplit, config: Config) -> TaskPools:
+    """Seeded training, validation and evaluation pools; evaluation tasks come from ``images_evaluation`` only."""
+    train_idx, val_idx = split_characters(background, config.val_fraction, np.random.default_rng(config.seed))
+    shape = (config.n_way, config.k_shot, config.k_query)
+
+    def pool(images: torch.Tensor, tasks: int, offset: int, rotations: bool = False) -> TaskPool:
+        generator = torch.Generator().manual_seed(config.seed * 1000 + offset)
+        return make_task_pool(images, tasks, *shape, generator, rotations=rotations)
+
+    train_images = background.images[train_idx]
+    return TaskPools(
+        train=pool(train_images, config.train_tasks, 1, config.rotations),
+        val=pool(background.images[val_idx], config.val_tasks, 2),
+        test=pool(evaluation.images, config.test_tasks, 3),
+        test_seed=pool(evaluation.images, config.seed_test_tasks, 4),
+        train_images=train_images,
+    )
+
+
+def build_network(arch: str, config: Config, body_state: Mapping[str, torch.Tensor] | None = None,
+                  source: str = "random") -> tuple[nn.Module, nn.Linear]:
+    """A fresh ``(body, head)``, initialised from ``config.seed`` (optionally loading ``body_state``).
+
+    Module initialisers read PyTorch's global generator, so it is forked and seeded here and left untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if arch == "conv4":
+            body, head = create_anil_network(config.n_way, image_size=config.image_size)
+        else:
+            body, head = create_pretrained_resnet_body(config.n_way, pretrained=None)
+    if body_state is not None:
+        body.load_state_dict(body_state)
+    body.pretrained_source = source
+    return body, head
+
+
+def resolve_pretrained_body(pretrained: str, config: Config, train_images: torch.Tensor, device: torch.device,
+                            cache_dir: str | Path, progress: bool = True) -> tuple[dict, str]:
+    """The ResNet18 body weights for S3/S4 and where they come from.
+
+    Args:
+        pretrained: ``"imagenet"``, a path to torchvision's ``resnet18-f37072fd.pth``, ``"omniglot"`` (supervised
+            pre-training on the background characters) or ``"none"``.
+        config: run configuration (seed, image size, pre-training epochs).
+        train_images: uint8 background training characters ``(characters, 20, H, W)``.
+        device: where pre-training runs.
+        cache_dir: folder for the cached pre-trained body.
+
+    Returns:
+        ``(body_state_dict, source)``; ``source`` labels every table and plot.
+    """
+    if pretrained not in ("omniglot", "none"):
+        try:
+            body, _ = create_pretrained_resnet_body(config.n_way, pretrained=pretrained)
+            return body.state_dict(), body.pretrained_source
+        except WeightsUnavailableError as err:
+            print(f"NOTICE: ImageNet weights are unavailable, so S3/S4 use a body pretrained on the Omniglot "
+                  f"background characters instead.\n  Reason: {str(err).splitlines()[0]}")
+    body, _ = build_network("resnet18", config)
+    if pretrained == "none":
+        return body.state_dict(), "random"
+    images = train_images[: config.pretrain_characters or None]
+    body = pretrain_body(body.to(device), images, config.pretrain_epochs,
+                         generator=torch.Generator().manual_seed(config.seed), device=device,
+                         cache_dir=cache_dir, progress=progress)
+    return {k: v.cpu() for k, v in body.state_dict().items()}, PRETRAIN_SOURCE
+
+
+def make_learner(spec: ScenarioSpec, body: nn.Module, head: nn.Linear, config: Config) -> ANIL | MAML:
+    """The ANIL (or MAML) learner of a scenario, with the configuration's learning rates and steps."""
+    if spec.algorithm == "maml":
+        return MAML(body, head, config.inner_lr, config.outer_lr, config.inner_steps, first_order=spec.first_order)
+    return ANIL(body, head, config.inner_lr, config.outer_lr, config.inner_steps,
+                freeze_body=spec.freeze_body, first_order=spec.first_order)
+
+
+def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: torch.device, *,
+                 iterations: int, results_dir: str | Path, body_state: Mapping | None = None,
+                 source: str = "random", reuse: bool = True, progress: bool = True) -> ScenarioRecord:
+    """Meta-train, evaluate and cache one scenario; a cached result of the same configuration is reused.
+
+    Args:
+        spec: the scenario.
+        config: hyperparameters (every field is part of the cache key).
+        pools: shared task pools.
+        device: compute device.
+        iterations: outer steps.
+        results_dir: where results are cached as JSON/CSV.
+        body_state: initial body weights (pretrained scenarios).
+        source: pretraining source label.
+        reuse: load a cached result of the identical configuration instead of training.
+        progress: show progress bars.
+    """
+    key = result_key(config, spec.name, spec=spec.__dict__, iterations=iterations, source=source)
+    cached = load_cached(results_dir, spec.name, key) if reuse else None
+    if cached is not None:
+        print(f"{spec.name}: loaded the cached result of this exact configuration ({results_dir}).")
+        return cached
+    body, head = build_network(spec.architecture, config, body_state, source)
+    learner = make_learner(spec, body.to(device), head.to(device), config)
+    history = train(learner, pools.train, iterations, config.meta_batch_size,
+                    generator=torch.Generator().manual_seed(config.seed), device=device, scenario=spec.name,
+                    val_pool=pools.val, val_every=config.val_every, progress=progress)
+    record = ScenarioRecord(
+        name=spec.name, description=spec.description, architecture=spec.architecture, pretrained_source=source,
+        params=parameter_table(body, head), train=history, train_tasks=len(pools.train),
+        test=evaluate(learner, pools.test, device=device, nil=spec.algorithm == "anil", progress=progress),
+        test_seed=evaluate(learner, pools.test_seed, device=device, progress=progress),
+        # MAML's per-task inner loop makes a 0..k-step curve over every test task too slow to be worth it.
+        adaptation_curve=adaptation_curve(learner, pools.test, config.curve_steps, device=device,
+                                          progress=progress) if spec.algorithm == "anil" else None,
+    )
+    save_result(results_dir, record, config, spec=spec.__dict__, iterations=iterations, source=source)
+    return record
