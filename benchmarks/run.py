@@ -110,6 +110,7 @@ def measure(job: Job, device: torch.device) -> dict:
     _sync(device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(job.repeats):
@@ -155,14 +156,14 @@ def scenario_row(scenario: str, size: int, args: argparse.Namespace) -> dict:
     """All methods for one scenario and size, as one table row."""
     base = Job(scenario, size, "anil", args.meta_batch_size, args.repeats, args.warmup)
     print(f"{scenario} at {size}x{size}:", flush=True)
-    floor = floor_search(base, args.device, args.floor_chunks, args.tiny)
+    floor = floor_search(base, args.device, args.floor_chunks, args.in_process)
     row = {"scenario": scenario, "size": size, "floor_ms": floor["ms"], "floor_setting": floor["setting"],
            "floor_peak_mb": floor["peak_mb"]}
     wanted = ["anil", *args.methods]
     if SCENARIOS[scenario][0] != "conv4" or (size > 28 and not args.maml_at_105):
         wanted = [m for m in wanted if not m.startswith("maml")]
     for method in wanted:
-        result = run_in_subprocess(Job(**{**asdict(base), "method": method}), args.device, args.tiny)
+        result = run_in_subprocess(Job(**{**asdict(base), "method": method}), args.device, args.in_process)
         row[f"{method}_ms"], row[f"{method}_peak_mb"] = result["ms"], result["peak_mb"]
         print(f"    {method:<35} {result['ms']:9.1f} ms  peak {result['peak_mb']:8.1f} MB", flush=True)
     return row
@@ -195,6 +196,7 @@ def machine_description(device: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[28, 105])
+    p.add_argument("--resnet-sizes", type=int, nargs="+", help="sizes for S3/S4 (default: --sizes)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     p.add_argument("--methods", nargs="+", default=["per_task", "seed", "maml_fo", "maml_so"])
     p.add_argument("--meta-batch-size", type=int, default=16)
@@ -204,9 +206,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--tiny", action="store_true", help="CI mode: tiny sizes and counts; no timing claims")
+    p.add_argument("--in-process", action="store_true",
+                   help="measure in this process (default on CUDA, where peak memory is per job anyway)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.floor_chunks = FLOOR_CHUNKS
+    args.in_process = args.in_process or args.tiny or args.device.startswith("cuda")
     if args.tiny:
         args.sizes, args.scenarios, args.meta_batch_size = [28], ["S1", "S2"], 2
         args.repeats, args.warmup, args.floor_chunks = 1, 1, (5,)
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     if args.child:
         print(json.dumps(measure(Job(**json.loads(args.child)), torch.device(args.device))))
         return None
-    rows = [scenario_row(s, size, args) for size in args.sizes for s in args.scenarios]
+    rows = [scenario_row(s, size, args) for size in args.sizes for s in args.scenarios
+            if SCENARIOS[s][0] == "conv4" or size in (args.resnet_sizes or args.sizes)]
     table = add_ratios(pd.DataFrame(rows))
     meta = {"machine": machine_description(args.device), "date": time.strftime("%Y-%m-%d %H:%M"),
             "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),

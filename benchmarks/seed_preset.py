@@ -1,0 +1,71 @@
+"""Train the four scenarios (and MAML) with the seed preset, headless, and print the comparison table.
+
+This is the notebook's pipeline without the notebook (ANIL: Raghu et al., ICLR 2020, arXiv:1909.09157), for a
+GPU machine without Jupyter: same ``run_scenario``, same pools, same caching. It reports iterations per second,
+peak memory and accuracy with the device's name, and writes ``results/seed_preset_comparison.{csv,json}``::
+
+    python -m benchmarks.seed_preset --data-root data --preset seed [--maml-iterations 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from evaluation.compare import comparison_table, format_table
+from evaluation.results import save_table
+from evaluation.scenarios import (
+    ANIL_AT_MAML_BUDGET,
+    MAML_SPEC,
+    SCENARIOS,
+    make_pools,
+    resolve_pretrained_body,
+    run_scenario,
+)
+from utils.config import pick_device, resolve_config
+from utils.data import load_omniglot
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--preset", default="seed")
+    p.add_argument("--pretrained", default="imagenet")
+    p.add_argument("--maml-iterations", type=int, default=None)
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    device = pick_device("auto")
+    config = resolve_config(args.preset, device, maml_iterations=args.maml_iterations)
+    splits = [load_omniglot(args.data_root, s, config.image_size, download=True, cache_dir=args.cache_dir,
+                            progress=False) for s in ("background", "evaluation")]
+    pools = make_pools(*splits, config)
+    state, source = resolve_pretrained_body(args.pretrained, config, pools.train_images, device,
+                                            args.results_dir / "pretrained", progress=False)
+    records = {}
+    for name, spec in SCENARIOS.items():
+        resnet = spec.architecture == "resnet18"
+        records[name] = run_scenario(
+            spec, config, pools, device, results_dir=args.results_dir, progress=False, reuse=False,
+            iterations=config.resnet_iterations if resnet else config.conv4_iterations,
+            body_state=state if resnet else None, source=source if resnet else "random")
+        print(f"{name}: {records[name].train.iterations_per_s:.2f} it/s, peak {records[name].train.peak_memory_mb:.0f}"
+              f" MB, accuracy {records[name].test.acc_after:.4f} ± {records[name].test.ci_after:.4f}", flush=True)
+    if config.maml_iterations:
+        for spec in (ANIL_AT_MAML_BUDGET, MAML_SPEC):
+            records[spec.name] = run_scenario(spec, config, pools, device, iterations=config.maml_iterations,
+                                              results_dir=args.results_dir, progress=False, reuse=False)
+    table = comparison_table(records)
+    save_table(table, args.results_dir, f"{config.preset}_preset_comparison")
+    with pd.option_context("display.max_rows", 100, "display.width", 250, "display.max_colwidth", 40):
+        print(format_table(table).to_string())
+    print(f"Total wall time {time.perf_counter() - started:.0f} s, preset {config.preset!r}, device {device}.")
+    return table
+
+
+if __name__ == "__main__":
+    main()
