@@ -114,6 +114,8 @@ class ANIL:
             chunks, which changes nothing but memory and speed); ``None`` picks all tasks at once, except on a
             CPU with images of 64 px or more, where one task at a time keeps the working set in cache.
         eval_bn: BatchNorm policy at evaluation, ``"batch"`` (as in training) or ``"running"``.
+        amp_dtype: run the body under :func:`torch.autocast` with this dtype (e.g. ``torch.bfloat16`` on a CPU
+            with AMX); the features are cast back to float32, so the head and its inner loop stay float32.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class ANIL:
         layout: Layout = "auto",
         task_chunk: int | None = None,
         eval_bn: BNMode = "batch",
+        amp_dtype: torch.dtype | None = None,
     ) -> None:
         if not isinstance(head, nn.Linear):
             raise ValueError(f"head must be an nn.Linear, got {type(head).__name__}.")
@@ -136,7 +139,7 @@ class ANIL:
         self.body, self.head = body, head
         self.inner_lr, self.outer_lr = _check_lr("inner_lr", inner_lr), _check_lr("outer_lr", outer_lr)
         self.inner_steps, self.first_order, self.freeze_body = inner_steps, first_order, freeze_body
-        self.eval_bn = eval_bn
+        self.eval_bn, self.amp_dtype = eval_bn, amp_dtype
         if freeze_body:
             freeze_body_weights(body)
         self.device = head.weight.device
@@ -167,7 +170,9 @@ class ANIL:
         self._resolve_layout(x.shape[-1])
         bn = "batch" if training else self.eval_bn
         dropout = training and not self.freeze_body
-        feats = set_features(self.body, x, self.layout, bn, update_running_stats=training, dropout=dropout)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            feats = set_features(self.body, x, self.layout, bn, update_running_stats=training, dropout=dropout)
+        feats = feats.to(self.head.weight.dtype)
         if feats.shape[-1] != self.head.in_features:
             raise ValueError(
                 f"The body produced {feats.shape[-1]} features for images of shape {tuple(x.shape[-3:])}, "

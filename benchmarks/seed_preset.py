@@ -51,14 +51,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         resnet = spec.architecture == "resnet18"
         records[name] = run_scenario(
             spec, config, pools, device, results_dir=args.results_dir, progress=False, reuse=False,
-            iterations=config.resnet_iterations if resnet else config.conv4_iterations,
             body_state=state if resnet else None, source=source if resnet else "random")
         print(f"{name}: {records[name].train.iterations_per_s:.2f} it/s, peak {records[name].train.peak_memory_mb:.0f}"
               f" MB, accuracy {records[name].test.acc_after:.4f} ± {records[name].test.ci_after:.4f}", flush=True)
     if config.maml_iterations:
         for spec in (ANIL_AT_MAML_BUDGET, MAML_SPEC):
-            records[spec.name] = run_scenario(spec, config, pools, device, iterations=config.maml_iterations,
-                                              results_dir=args.results_dir, progress=False, reuse=False)
+            records[spec.name] = run_scenario(spec, config, pools, device, results_dir=args.results_dir,
+                                              progress=False, reuse=False)
     table = comparison_table(records)
     save_table(table, args.results_dir, f"{config.preset}_preset_comparison")
     with pd.option_context("display.max_rows", 100, "display.width", 250, "display.max_colwidth", 40):

@@ -55,11 +55,16 @@ def comparison_summary(records: Mapping[str, ScenarioRecord]) -> str:
     ]
     if "S1" in records and "S2" in records:
         s1, s2 = records["S1"], records["S2"]
+        its = (s1.train.iterations_done, s2.train.iterations_done)
+        caveat = "" if its[0] == its[1] else (
+            f" S1 trained for {its[0]:,} iterations and S2 for {its[1]:,}, so this gap measures the training"
+            " budget as much as the order of the gradient."
+        )
         lines.append(
             f"- First order (S2) runs {s2.train.iterations_per_s / s1.train.iterations_per_s:.2f}x the speed of "
             f"second order (S1); their accuracies differ by {100 * (s2.test.acc_after - s1.test.acc_after):+.1f} "
             f"points, against confidence intervals of ±{100 * s1.test.ci_after:.1f} and "
-            f"±{100 * s2.test.ci_after:.1f} points."
+            f"±{100 * s2.test.ci_after:.1f} points.{caveat}"
         )
     return "\n".join(lines)
 

@@ -45,19 +45,25 @@ class ScenarioSpec:
     architecture: Literal["conv4", "resnet18"]
     first_order: bool
     freeze_body: bool
+    iterations_field: str = "s2_iterations"  # the Config field with this scenario's outer steps
     algorithm: Literal["anil", "maml"] = "anil"
+    allow_bf16: bool = True  # False where a float32 timing comparison must stay fair (against MAML)
 
 
 SCENARIOS: dict[str, ScenarioSpec] = {
-    "S1": ScenarioSpec("S1", "conv4, second order", "conv4", first_order=False, freeze_body=False),
+    "S1": ScenarioSpec("S1", "conv4, second order", "conv4", first_order=False, freeze_body=False,
+                       iterations_field="s1_iterations"),
     "S2": ScenarioSpec("S2", "conv4, first order", "conv4", first_order=True, freeze_body=False),
-    "S3": ScenarioSpec("S3", "ResNet18, trainable body", "resnet18", first_order=True, freeze_body=False),
-    "S4": ScenarioSpec("S4", "ResNet18, frozen body + BatchNorm", "resnet18", first_order=True, freeze_body=True),
+    "S3": ScenarioSpec("S3", "ResNet18, trainable body", "resnet18", first_order=True, freeze_body=False,
+                       iterations_field="resnet_iterations"),
+    "S4": ScenarioSpec("S4", "ResNet18, frozen body + BatchNorm", "resnet18", first_order=True, freeze_body=True,
+                       iterations_field="resnet_iterations"),
 }
 MAML_SPEC = ScenarioSpec("MAML", "conv4 MAML, second order", "conv4", first_order=False, freeze_body=False,
-                         algorithm="maml")
+                         iterations_field="maml_iterations", algorithm="maml")
 ANIL_AT_MAML_BUDGET = ScenarioSpec("ANIL (MAML budget)", "conv4 ANIL, second order", "conv4",
-                                   first_order=False, freeze_body=False)
+                                   first_order=False, freeze_body=False, iterations_field="maml_iterations",
+                                   allow_bf16=False)
 
 
 @dataclass(frozen=True)
@@ -145,11 +151,12 @@ def make_learner(spec: ScenarioSpec, body: nn.Module, head: nn.Linear, config: C
     if spec.algorithm == "maml":
         return MAML(body, head, config.inner_lr, config.outer_lr, config.inner_steps, first_order=spec.first_order)
     return ANIL(body, head, config.inner_lr, config.outer_lr, config.inner_steps,
-                freeze_body=spec.freeze_body, first_order=spec.first_order)
+                freeze_body=spec.freeze_body, first_order=spec.first_order,
+                amp_dtype=torch.bfloat16 if config.bf16_body and spec.allow_bf16 else None)
 
 
 def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: torch.device, *,
-                 iterations: int, results_dir: str | Path, body_state: Mapping | None = None,
+                 results_dir: str | Path, body_state: Mapping | None = None,
                  source: str = "random", reuse: bool = True, progress: bool = True) -> ScenarioRecord:
     """Meta-train, evaluate and cache one scenario; a cached result of the same configuration is reused.
 
@@ -158,13 +165,13 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
         config: hyperparameters (every field is part of the cache key).
         pools: shared task pools.
         device: compute device.
-        iterations: outer steps.
         results_dir: where results are cached as JSON/CSV.
         body_state: initial body weights (pretrained scenarios).
         source: pretraining source label.
         reuse: load a cached result of the identical configuration instead of training.
         progress: show progress bars.
     """
+    iterations = getattr(config, spec.iterations_field)
     key = result_key(config, spec.name, spec=spec.__dict__, iterations=iterations, source=source)
     cached = load_cached(results_dir, spec.name, key) if reuse else None
     if cached is not None:
@@ -174,12 +181,15 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
     learner = make_learner(spec, body.to(device), head.to(device), config)
     history = train(learner, pools.train, iterations, config.meta_batch_size,
                     generator=torch.Generator().manual_seed(config.seed), device=device, scenario=spec.name,
-                    val_pool=pools.val, val_every=config.val_every, progress=progress)
+                    val_pool=pools.val, val_every=config.val_every, progress=progress,
+                    lr_schedule=config.outer_lr_schedule)
     record = ScenarioRecord(
         name=spec.name, description=spec.description, architecture=spec.architecture, pretrained_source=source,
         params=parameter_table(body, head), train=history, train_tasks=len(pools.train),
-        test=evaluate(learner, pools.test, device=device, nil=spec.algorithm == "anil", progress=progress),
-        test_seed=evaluate(learner, pools.test_seed, device=device, progress=progress),
+        test=evaluate(learner, pools.test, device=device, steps=config.test_inner_steps,
+                      nil=spec.algorithm == "anil", progress=progress),
+        test_seed=evaluate(learner, pools.test_seed, device=device, steps=config.test_inner_steps,
+                           progress=progress),
         # MAML's per-task inner loop makes a 0..k-step curve over every test task too slow to be worth it.
         adaptation_curve=adaptation_curve(learner, pools.test, config.curve_steps, device=device,
                                           progress=progress) if spec.algorithm == "anil" else None,

@@ -163,6 +163,21 @@ class _Settings:
     val_every: int
     checkpoint_path: Path | None
     checkpoint_every: int
+    lr_schedule: str = "constant"
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def outer_lr_factor(schedule: str, iteration: int, iterations: int) -> float:
+    """Multiplier of the outer learning rate at 0-based ``iteration`` of ``iterations``.
+
+    ``"cosine"`` anneals from 1 to 0 (Loshchilov & Hutter, SGDR, 2017). The factor is a pure function of the
+    iteration, so a resumed run follows exactly the schedule of an uninterrupted one without extra state.
+    """
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * iteration / iterations))
+    return 1.0
 
 
 def _check_count(name: str, value: Any, minimum: int) -> None:
@@ -233,6 +248,9 @@ class _Trainer:
         """One outer iteration on the next meta-batch; records loss, accuracy and cost."""
         started = time.perf_counter()
         tasks = self.pool.batch(self.order.next_indices(), self.settings.device)
+        factor = outer_lr_factor(self.settings.lr_schedule, self.state.iteration, self.settings.iterations)
+        for group in self.learner.optimizer.param_groups:
+            group["lr"] = self.learner.outer_lr * factor
         stats = self.learner.meta_train_step(tasks)
         self.monitor.sample()
         self.state.wall_time_s += time.perf_counter() - started
@@ -353,6 +371,7 @@ def train(
     resume_from: str | os.PathLike | None = None,
     callback: Callback | None = None,
     progress: bool = True,
+    lr_schedule: str = "constant",
 ) -> TrainResult:
     """Meta-train ``learner`` for ``iterations`` outer steps on meta-batches of ``task_pool``.
 
@@ -372,6 +391,7 @@ def train(
         callback: ``callback(iteration, stats)`` after every iteration; ``iteration`` counts completed steps,
             ``stats`` holds ``loss``, ``acc`` (and ``val_acc`` after a validation).
         progress: show a progress bar with the smoothed loss and accuracy.
+        lr_schedule: outer learning-rate schedule, ``"constant"`` or ``"cosine"`` (see :func:`outer_lr_factor`).
 
     Returns:
         The :class:`TrainResult`; ``interrupted=True`` after a ``KeyboardInterrupt``.
@@ -389,6 +409,8 @@ def train(
         val_every=val_every,
         checkpoint_every=checkpoint_every,
     )
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
     if val_every and val_pool is None:
         raise ValueError(f"val_every={val_every} needs a val_pool (tasks from held-out background characters).")
     if checkpoint_path is not None:
@@ -402,6 +424,7 @@ def train(
         val_every=val_every,
         checkpoint_path=None if checkpoint_path is None else Path(checkpoint_path),
         checkpoint_every=checkpoint_every,
+        lr_schedule=lr_schedule,
     )
     trainer = _Trainer(learner, task_pool, TaskOrder(len(task_pool), meta_batch_size, generator), settings)
     if resume_from is not None:

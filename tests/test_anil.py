@@ -174,3 +174,18 @@ def test_zero_steps_is_the_unadapted_head():
     with torch.no_grad():
         fast = anil.adapt(tasks[0], tasks[1])
     assert torch.equal(fast.weight[1], head.weight)
+
+
+def test_bf16_body_keeps_a_float32_head_and_stays_close_to_float32():
+    tasks = make_tasks(tasks=2, n_way=3, k_shot=1, k_query=2, size=28, dtype=torch.float32)
+    losses = []
+    for amp in (None, torch.bfloat16):
+        body, head = build("conv4", torch.float32)
+        anil = ANIL(body, head, inner_lr=0.1, inner_steps=2, amp_dtype=amp)
+        loss, _ = anil.meta_loss(tasks)
+        assert loss.dtype == torch.float32
+        loss.backward()
+        assert head.weight.grad.dtype == torch.float32
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)
+    assert losses[1] != losses[0]  # bfloat16 really ran

@@ -14,7 +14,7 @@ from evaluation_support import conv4, make_anil, make_pool, run, state_tensors
 from algorithms.maml import MAML
 from evaluation.evaluate import evaluate
 from evaluation.pretrain import PRETRAIN_SOURCE, pretrain_body
-from evaluation.training import NonFiniteLossError, TaskOrder, TrainResult
+from evaluation.training import NonFiniteLossError, TaskOrder, TrainResult, train
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +207,20 @@ def test_corrupt_pretrain_cache_is_ignored_with_a_warning(background28, tmp_path
         body = pretrain(images, 1, tmp_path, batch_size=30)
     assert body.pretrained_source == PRETRAIN_SOURCE
     assert torch.load(cache, weights_only=True)["fingerprint"]  # rewritten, complete
+
+
+def test_cosine_schedule_anneals_the_outer_rate_and_is_a_function_of_the_iteration(pool):
+    from evaluation.training import outer_lr_factor
+
+    assert outer_lr_factor("constant", 7, 10) == 1.0
+    assert outer_lr_factor("cosine", 0, 10) == 1.0
+    assert outer_lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    learner = make_anil()
+    seen = []
+    train(learner, pool, 4, 2, generator=torch.Generator().manual_seed(0), device="cpu", scenario="cos",
+          lr_schedule="cosine", progress=False,
+          callback=lambda i, s: seen.append(learner.optimizer.param_groups[0]["lr"]))
+    expected = [learner.outer_lr * outer_lr_factor("cosine", i, 4) for i in range(4)]
+    assert seen == pytest.approx(expected)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train(learner, pool, 1, 2, generator=torch.Generator(), device="cpu", scenario="x", lr_schedule="step")
