@@ -53,6 +53,10 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
     tmp = Path(tmp_name)
     try:
         writer(tmp)
+        # mkstemp creates owner-only files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         # Only reached with tmp still present when writer or replace failed: never leave partial files.
