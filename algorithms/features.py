@@ -4,19 +4,24 @@ Meta-learning code for Omniglot (MAML, Finn et al. 2017; ANIL, Raghu et al., "Ra
 Towards Understanding the Effectiveness of MAML", ICLR 2020, arXiv:1909.09157) forwards every support set and
 every query set *on its own* through a body in training mode, so that BatchNorm normalises each set with that
 set's own statistics ("transductive" BatchNorm). This module reproduces exactly that, for a whole meta-batch at
-once, in one of two memory layouts that give identical numbers:
+once, in one of three memory layouts that give identical outputs and gradients:
 
 * ``"loop"``: one forward per set, in ``channels_last``. On a CPU small batches stay in cache and are faster
   than one large batch (see ``benchmarks/``), so this is also the fastest layout there.
 * ``"vmap"``: :func:`torch.func.vmap` over the sets. Convolutions become one large batched kernel while
-  BatchNorm still sees each set separately; on a GPU this removes most kernel launches.
+  BatchNorm still sees each set separately; on a GPU this removes most kernel launches. Its BatchNorm batching
+  rule moves the set dimension into the channels, which costs a copy of every activation on the way in and out.
+* ``"grouped"``: one plain forward over all images, with each BatchNorm layer computing its statistics per set
+  (:func:`grouped_batch_norm`, a reshape instead of a copy). No ``vmap`` and no per-set loop; on a CPU it behaves
+  like one large batch, so it is meant for accelerators.
 
 BatchNorm policy, in one place:
 
 * ``bn="batch"`` (default, used in training and evaluation): each set is normalised with its own batch
   statistics; running statistics are updated only when ``update_running_stats`` is true (training).
-  With ``"vmap"`` each set's moving-average update is applied to a copy and the copies are averaged, so the
-  running statistics differ slightly from the sequential ``"loop"`` update; outputs and gradients do not.
+  With ``"vmap"`` and ``"grouped"`` each set's moving-average update is applied to a copy and the copies are
+  averaged, so the running statistics differ slightly from the sequential ``"loop"`` update; outputs and gradients
+  do not.
 * ``bn="running"``: the body runs in eval mode and uses its running statistics (the classic supervised
   convention). Sets no longer influence each other's normalisation, but the statistics come from training.
 """
@@ -31,7 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-Layout = Literal["auto", "loop", "vmap"]
+Layout = Literal["auto", "loop", "vmap", "grouped"]
+LAYOUTS = ("auto", "loop", "vmap", "grouped")
 BNMode = Literal["batch", "running"]
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 DEEP_BODY_CONVS = 10  # conv layers from which a body counts as deep (ResNet18 has 20, conv4 has 4)
@@ -39,15 +45,15 @@ SMALL_IMAGE = 32  # image side up to which per-operation overhead dominates on a
 
 
 def resolve_layout(layout: Layout, device: torch.device, body: nn.Module | None = None,
-                   image_size: int | None = None) -> Literal["loop", "vmap"]:
+                   image_size: int | None = None) -> Literal["loop", "vmap", "grouped"]:
     """Pick the feature layout for a device (both give identical numbers; only speed differs).
 
     ``"auto"`` follows measurements (``benchmarks/run.py``): on CUDA one vmapped call, which removes kernel
     launches; on a CPU a loop over sets, whose small batches stay in cache, except for deep bodies (ResNet18)
     on small images, where per-operation overhead dominates and one vmapped call over all sets is faster.
     """
-    if layout not in ("auto", "loop", "vmap"):
-        raise ValueError(f"layout must be 'auto', 'loop' or 'vmap', got {layout!r}.")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
     if layout != "auto":
         return layout
     if device.type == "cuda":
@@ -104,10 +110,63 @@ def _vmap_features(body: nn.Module, x: Tensor) -> Tensor:
     return out
 
 
+def grouped_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: Tensor, sets: int) -> Tensor:
+    """Training-mode BatchNorm of ``x`` with separate statistics for each of ``sets`` consecutive groups.
+
+    Equal to running ``module`` in train mode on each group alone: biased variance for normalising, unbiased for
+    the running averages, whose per-group updates are averaged (as the ``"vmap"`` layout does).
+
+    Args:
+        module: a BatchNorm layer (its ``eps``, ``momentum``, affine parameters and running buffers are used).
+        x: ``(sets * n, C, ...)``, the images of set ``i`` at rows ``i * n`` to ``(i + 1) * n - 1``.
+        sets: number of groups.
+    """
+    groups = x.reshape(sets, x.shape[0] // sets, x.shape[1], -1)
+    # Statistics in at least float32, as nn.BatchNorm computes them under autocast.
+    stats_input = groups if groups.dtype in (torch.float32, torch.float64) else groups.float()
+    var, mean = torch.var_mean(stats_input, dim=(1, 3), correction=0, keepdim=True)  # (sets, 1, C, 1)
+    scale = torch.rsqrt(var + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight.view(1, 1, -1, 1)
+    shift = -mean * scale if module.bias is None else module.bias.view(1, 1, -1, 1) - mean * scale
+    if module.track_running_stats and module.running_mean is not None:
+        _update_running_stats(module, mean.detach(), var.detach(), groups.shape[1] * groups.shape[3])
+    return (groups * scale + shift).to(x.dtype).reshape(x.shape)
+
+
+def _update_running_stats(module: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Tensor, count: int) -> None:
+    """The average over sets of each set's moving-average update, as ``nn.BatchNorm`` would apply it."""
+    with torch.no_grad():
+        module.num_batches_tracked.add_(1)
+        momentum = module.momentum if module.momentum is not None else 1.0 / module.num_batches_tracked.item()
+        unbiased = var * (count / max(count - 1, 1))
+        module.running_mean.lerp_(mean.float().mean(0).flatten().to(module.running_mean.dtype), momentum)
+        module.running_var.lerp_(unbiased.float().mean(0).flatten().to(module.running_var.dtype), momentum)
+
+
+@contextmanager
+def grouped_statistics(body: nn.Module, sets: int) -> Iterator[None]:
+    """Make every BatchNorm layer of ``body`` in training mode use :func:`grouped_batch_norm` for a while."""
+    patched = [m for m in body.modules() if isinstance(m, _BN_TYPES) and m.training]
+    try:
+        for module in patched:
+            module.forward = lambda x, m=module: grouped_batch_norm(m, x, sets)
+        yield
+    finally:
+        for module in patched:
+            del module.forward  # back to the class's forward
+
+
+def _grouped_features(body: nn.Module, x: Tensor) -> Tensor:
+    """All sets in one forward, BatchNorm statistics per set. Shapes as in :func:`_loop_features`."""
+    with grouped_statistics(body, x.shape[0]):
+        return body(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
 def set_features(
     body: nn.Module,
     x: Tensor,
-    layout: Literal["loop", "vmap"] = "loop",
+    layout: Literal["loop", "vmap", "grouped"] = "loop",
     bn: BNMode = "batch",
     update_running_stats: bool = True,
     dropout: bool = False,
@@ -117,7 +176,7 @@ def set_features(
     Args:
         body: maps ``(n, C, H, W)`` images to ``(n, features)``.
         x: a batch of sets, ``(sets, n, C, H, W)``; typically ``(tasks, n_way * k_shot, 1, 28, 28)``.
-        layout: ``"loop"`` or ``"vmap"`` (same numbers, different speed; see the module docstring).
+        layout: ``"loop"``, ``"vmap"`` or ``"grouped"`` (same numbers, different speed; see the module docstring).
         bn: BatchNorm policy, ``"batch"`` or ``"running"``.
         update_running_stats: update BatchNorm running averages (training only).
         dropout: whether Dropout is active.
@@ -126,6 +185,8 @@ def set_features(
         Features of shape ``(sets, n, features)``.
     """
     with body_mode(body, bn, update_running_stats, dropout):
+        if layout == "grouped":
+            return _grouped_features(body, x)
         has_buffers = next(body.buffers(), None) is not None
         if layout == "vmap" and has_buffers and bn == "batch" and update_running_stats:
             return _vmap_features(body, x)

@@ -8,6 +8,7 @@ mkdir -p /tmp/data && tar xzf .gpu/omniglot-py.tar.gz -C /tmp/data
 timeout 330 python3 -m benchmarks.seed_preset --data-root /tmp/data --cache-dir /tmp/cache --maml-iterations 100 \
     --results-dir /tmp/res 2>&1 | tee $OUT/seed_preset.log
 cp /tmp/res/seed_preset_comparison.csv $OUT/ 2>/dev/null
-timeout 200 python3 -m benchmarks.run --sizes 105 28 --repeats 10 --warmup 3 --methods per_task seed maml_so \
+timeout 260 python3 -m benchmarks.run --sizes 105 28 --repeats 10 --warmup 3 --methods per_task seed maml_so \
+    --anil-layouts loop vmap grouped \
     --out /tmp/bench 2>&1 | tee $OUT/bench.log
 cp /tmp/bench/benchmark.csv /tmp/bench/benchmark.json $OUT/ 2>/dev/null

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from algorithms.anil import ANIL
+from algorithms.features import Layout
 from algorithms.maml import MAML
 from utils.tasks import TaskBatch
 
@@ -27,11 +28,18 @@ Step = Callable[[], None]
 
 
 def anil_step(
-    body: nn.Module, head: nn.Linear, tasks: TaskBatch, first_order: bool, freeze: bool, inner_steps: int
+    body: nn.Module,
+    head: nn.Linear,
+    tasks: TaskBatch,
+    first_order: bool,
+    freeze: bool,
+    inner_steps: int,
+    layout: Layout = "auto",
 ) -> Step:
-    """(a) Our batched ANIL meta-iteration."""
+    """(a) Our batched ANIL meta-iteration, in the feature ``layout`` (``"auto"``: the device's default)."""
     anil = ANIL(
-        body, head, inner_lr=0.1, inner_steps=inner_steps, first_order=first_order, freeze_body=freeze
+        body, head, inner_lr=0.1, inner_steps=inner_steps, first_order=first_order, freeze_body=freeze,
+        layout=layout,
     )
     return lambda: anil.meta_train_step(tasks)
 

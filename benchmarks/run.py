@@ -4,9 +4,10 @@ ANIL (Raghu et al., ICLR 2020, arXiv:1909.09157) adapts only a linear head, so o
 more than one supervised forward+backward+Adam pass over its images: that pass is *the floor* (b). For each
 scenario (S1-S4) and image size this script times, as the median of repeated runs after a warm-up:
 
-(a) ``ANIL.meta_train_step``; (b) the floor, searching chunk sizes {5, 30, all} and memory formats {contiguous,
-channels_last} and keeping the fastest; (c) a plain per-task ANIL loop; (d) the seed's pseudocode, which re-runs
-the body at every inner step; (e) MAML, first and second order; (f) the peak memory of each.
+(a) ``ANIL.meta_train_step`` (and, with ``--anil-layouts``, with each feature layout forced); (b) the floor,
+searching chunk sizes {5, 30, all} and memory formats {contiguous, channels_last} and keeping the fastest; (c) a
+plain per-task ANIL loop; (d) the seed's pseudocode, which re-runs the body at every inner step; (e) MAML, first
+and second order; (f) the peak memory of each.
 
 Every measurement runs in a fresh subprocess, so that its peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``; on a CPU the growth of the process's peak resident set (``ru_maxrss``) over
@@ -61,6 +62,7 @@ class Job:
     inner_steps: int = 5
     chunk: int | None = None
     channels_last: bool = False
+    layout: str = "auto"  # ANIL's feature layout (algorithms.features)
 
 
 def make_tasks(meta_batch_size: int, size: int, device: torch.device) -> TaskBatch:
@@ -88,7 +90,7 @@ def build_step(job: Job, device: torch.device) -> methods.Step:
     if frozen:
         freeze_body(body)
     if job.method == "anil":
-        return methods.anil_step(body, head, tasks, first_order, frozen, job.inner_steps)
+        return methods.anil_step(body, head, tasks, first_order, frozen, job.inner_steps, job.layout)
     if job.method == "floor":
         chunk = job.chunk or job.meta_batch_size * 30
         return methods.floor_step(body, head, tasks, chunk, job.channels_last)
@@ -175,10 +177,13 @@ def scenario_row(scenario: str, size: int, args: argparse.Namespace) -> dict:
     wanted = ["anil", *args.methods]
     if SCENARIOS[scenario][0] != "conv4" or (size > 28 and not args.maml_at_105):
         wanted = [m for m in wanted if not m.startswith("maml")]
-    for method in wanted:
-        result = run_in_subprocess(Job(**{**asdict(base), "method": method}), args.device, args.in_process)
-        row[f"{method}_ms"], row[f"{method}_peak_mb"] = result["ms"], result["peak_mb"]
-        print(f"    {method:<35} {result['ms']:9.1f} ms  peak {result['peak_mb']:8.1f} MB", flush=True)
+    jobs = {method: Job(**{**asdict(base), "method": method}) for method in wanted}
+    # Each layout of ANIL's features forced, beside "auto" (the device's default): which one should auto pick?
+    jobs |= {f"anil_{layout}": Job(**{**asdict(base), "layout": layout}) for layout in args.anil_layouts}
+    for name, job in jobs.items():
+        result = run_in_subprocess(job, args.device, args.in_process)
+        row[f"{name}_ms"], row[f"{name}_peak_mb"] = result["ms"], result["peak_mb"]
+        print(f"    {name:<35} {result['ms']:9.1f} ms  peak {result['peak_mb']:8.1f} MB", flush=True)
     return row
 
 
@@ -212,6 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resnet-sizes", type=int, nargs="+", help="sizes for S3/S4 (default: --sizes)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     p.add_argument("--methods", nargs="+", default=["per_task", "seed", "maml_fo", "maml_so"])
+    p.add_argument("--anil-layouts", nargs="*", default=[], choices=["loop", "vmap", "grouped"],
+                   help="also time ANIL with each of these feature layouts forced (columns anil_<layout>_ms)")
     p.add_argument("--meta-batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -228,6 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tiny:
         args.sizes, args.scenarios, args.meta_batch_size = [28], ["S1", "S2"], 2
         args.repeats, args.warmup, args.floor_chunks = 1, 1, (5,)
+        args.anil_layouts = args.anil_layouts or ["grouped"]
     return args
 
 
@@ -246,7 +254,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     name = "benchmark_tiny" if args.tiny else "benchmark"
     atomic_write_text(args.out / f"{name}.csv", table.to_csv(index=False))
     atomic_write_json(args.out / f"{name}.json", {"meta": meta, "rows": table.to_dict(orient="records")})
-    columns = [c for c in ("scenario", "size", "anil_ms", "floor_ms", "floor_setting", "a/b", "target a/b",
+    layouts = (f"anil_{x}_ms" for x in args.anil_layouts)
+    columns = [c for c in ("scenario", "size", "anil_ms", *layouts, "floor_ms", "floor_setting", "a/b", "target a/b",
                            "a/b met", "c/a", "d/a", "e_fo/a", "e_so/a", "e_so/a(S1)") if c in table]
     print(f"\n{meta['machine']} | {meta['date']} | torch {meta['torch']}")
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))

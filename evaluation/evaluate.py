@@ -147,7 +147,7 @@ def accuracies_by_steps(learner: Any, batch: TaskBatch, steps: Sequence[int]) ->
     )
 
 
-def _per_task(
+def per_task_accuracies(
     learner: Any,
     pool: TaskPool,
     steps: Sequence[int],
@@ -156,7 +156,20 @@ def _per_task(
     nil: bool,
     progress: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """Accuracies ``(len(steps), tasks)`` over the whole pool, and NIL accuracies ``(tasks,)`` if asked."""
+    """Query accuracy of every task of ``pool`` after each inner-step count, and NIL accuracy if asked.
+
+    Args:
+        learner: an ANIL or MAML learner.
+        pool: evaluation (or validation) tasks.
+        steps: inner-step counts, e.g. ``(0, 10)``.
+        batch_size: tasks materialised at once.
+        device: where the tasks are sent.
+        nil: also compute NIL accuracy (ANIL only).
+        progress: show a progress bar.
+
+    Returns:
+        ``(len(steps), tasks)`` accuracies, and ``(tasks,)`` NIL accuracies or ``None``.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if nil and not isinstance(learner, ANIL):
@@ -199,7 +212,7 @@ def evaluate(
     """
     steps = learner.inner_steps if steps is None else steps
     started = time.perf_counter()
-    accs, nils = _per_task(learner, task_pool, [0, steps], batch_size, device, nil, progress)
+    accs, nils = per_task_accuracies(learner, task_pool, [0, steps], batch_size, device, nil, progress)
     (before, ci_before), (after, ci_after) = confidence_interval(accs[0]), confidence_interval(accs[1])
     nil_acc, nil_ci = confidence_interval(nils) if nils is not None else (None, None)
     return EvalResult(
@@ -237,7 +250,7 @@ def adaptation_curve(
     """
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise ValueError(f"max_steps must be an integer >= 0, got {max_steps!r}.")
-    accs, _ = _per_task(learner, task_pool, range(max_steps + 1), batch_size, device, False, progress)
+    accs, _ = per_task_accuracies(learner, task_pool, range(max_steps + 1), batch_size, device, False, progress)
     return accs.mean(1).tolist()
 
 

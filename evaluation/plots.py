@@ -96,15 +96,22 @@ def plot_adaptation_curves(records: Mapping[str, ScenarioRecord]) -> Figure:
     """Test accuracy after 0, 1, ..., k inner steps, one line per scenario that has a curve, and chance."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
+    longest = 0
     for i, record in enumerate(records.values()):
         if record.adaptation_curve is not None:
+            longest = max(longest, len(record.adaptation_curve))
             ax.plot(
                 range(len(record.adaptation_curve)),
                 record.adaptation_curve,
-                marker="o",
+                marker="o" if len(record.adaptation_curve) <= 21 else None,
                 color=f"C{i}",
                 label=record.label,
             )
+    if longest > 21:
+        # Most of the change happens in the first few steps; a symmetric log axis keeps them readable.
+        ax.set_xscale("symlog", linthresh=1)
+        ticks = [t for t in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500) if t < longest]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
     _chance_line(ax, records)
     ax.set(
         xlabel="inner steps on the support set",

@@ -46,6 +46,7 @@ class ScenarioSpec:
     first_order: bool
     freeze_body: bool
     iterations_field: str = "s2_iterations"  # the Config field with this scenario's outer steps
+    test_steps_field: str = "test_inner_steps"  # the Config field with its test-time inner steps
     algorithm: Literal["anil", "maml"] = "anil"
     allow_bf16: bool = True  # False where a float32 timing comparison must stay fair (against MAML)
 
@@ -60,10 +61,11 @@ SCENARIOS: dict[str, ScenarioSpec] = {
                        iterations_field="resnet_iterations"),
 }
 MAML_SPEC = ScenarioSpec("MAML", "conv4 MAML, second order", "conv4", first_order=False, freeze_body=False,
-                         iterations_field="maml_iterations", algorithm="maml")
+                         iterations_field="maml_iterations", test_steps_field="maml_test_inner_steps",
+                         algorithm="maml")
 ANIL_AT_MAML_BUDGET = ScenarioSpec("ANIL (MAML budget)", "conv4 ANIL, second order", "conv4",
                                    first_order=False, freeze_body=False, iterations_field="maml_iterations",
-                                   allow_bf16=False)
+                                   test_steps_field="maml_test_inner_steps", allow_bf16=False)
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
         reuse: load a cached result of the identical configuration instead of training.
         progress: show progress bars.
     """
-    iterations = getattr(config, spec.iterations_field)
+    iterations, test_steps = getattr(config, spec.iterations_field), getattr(config, spec.test_steps_field)
     key = result_key(config, spec.name, spec=spec.__dict__, iterations=iterations, source=source)
     cached = load_cached(results_dir, spec.name, key) if reuse else None
     if cached is not None:
@@ -186,9 +188,9 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
     record = ScenarioRecord(
         name=spec.name, description=spec.description, architecture=spec.architecture, pretrained_source=source,
         params=parameter_table(body, head), train=history, train_tasks=len(pools.train),
-        test=evaluate(learner, pools.test, device=device, steps=config.test_inner_steps,
+        test=evaluate(learner, pools.test, device=device, steps=test_steps,
                       nil=spec.algorithm == "anil", progress=progress),
-        test_seed=evaluate(learner, pools.test_seed, device=device, steps=config.test_inner_steps,
+        test_seed=evaluate(learner, pools.test_seed, device=device, steps=test_steps,
                            progress=progress),
         # MAML's per-task inner loop makes a 0..k-step curve over every test task too slow to be worth it.
         adaptation_curve=adaptation_curve(learner, pools.test, config.curve_steps, device=device,

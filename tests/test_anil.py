@@ -100,8 +100,14 @@ def test_matches_per_task_reference_float64(arch, first_order, freeze):
 
 
 @pytest.mark.parametrize("first_order", [True, False])
-def test_vmap_layout_matches_reference(first_order):
-    compare_with_reference("conv4", torch.float64, first_order, False, "vmap", rtol=1e-6, atol=1e-10)
+@pytest.mark.parametrize("layout", ["vmap", "grouped"])
+def test_batched_layouts_match_reference(layout, first_order):
+    compare_with_reference("conv4", torch.float64, first_order, False, layout, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_grouped_layout_matches_reference_on_resnet18(freeze):
+    compare_with_reference("resnet18", torch.float64, False, freeze, "grouped", rtol=1e-6, atol=1e-10)
 
 
 def test_second_order_reaches_the_body_through_support_features():
@@ -189,3 +195,42 @@ def test_bf16_body_keeps_a_float32_head_and_stays_close_to_float32():
         losses.append(loss.item())
     assert losses[1] == pytest.approx(losses[0], rel=0.05)
     assert losses[1] != losses[0]  # bfloat16 really ran
+
+
+def test_grouped_layout_updates_running_stats_like_vmap_and_restores_the_modules():
+    """Same features as a per-set loop; running averages equal vmap's average of per-set updates."""
+    from algorithms.features import set_features
+
+    body, _ = build("conv4", torch.float64)
+    x = make_tasks(tasks=4, n_way=3, k_shot=2, k_query=1, size=28, dtype=torch.float64)[0]
+    bodies = {layout: copy.deepcopy(body) for layout in ("loop", "vmap", "grouped")}
+    feats = {layout: set_features(b, x, layout, "batch", update_running_stats=True) for layout, b in bodies.items()}
+    torch.testing.assert_close(feats["grouped"], feats["loop"], rtol=1e-9, atol=1e-12)
+    grouped, vmapped = bodies["grouped"].state_dict(), bodies["vmap"].state_dict()
+    assert not torch.equal(grouped["block1.1.running_mean"], body.state_dict()["block1.1.running_mean"])
+    for key, value in vmapped.items():  # both average the per-set updates in float32
+        torch.testing.assert_close(grouped[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    assert all("forward" not in vars(m) for m in bodies["grouped"].modules())  # the patch is undone
+    frozen = copy.deepcopy(body)
+    set_features(frozen, x, "grouped", "batch", update_running_stats=False)
+    for key, value in body.state_dict().items():
+        assert torch.equal(frozen.state_dict()[key], value), key
+    running = set_features(copy.deepcopy(body), x, "grouped", "running", update_running_stats=False)
+    torch.testing.assert_close(running, set_features(copy.deepcopy(body), x, "loop", "running", False))
+
+
+def test_grouped_running_stats_with_cumulative_momentum():
+    """momentum=None (cumulative average): a fresh layer's first update is the mean of the per-set statistics."""
+    from algorithms.features import grouped_batch_norm
+
+    layer = nn.BatchNorm2d(2, momentum=None).double()
+    x = torch.randn(3 * 4, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = grouped_batch_norm(layer, x, sets=3)
+    sets = x.view(3, 4, 2, 5, 5)
+    expected_mean = sets.mean(dim=(1, 3, 4)).mean(0)
+    expected_var = sets.var(dim=(1, 3, 4), correction=1).mean(0)
+    torch.testing.assert_close(layer.running_mean, expected_mean)
+    torch.testing.assert_close(layer.running_var, expected_var)
+    assert layer.num_batches_tracked.item() == 1
+    reference = torch.cat([nn.functional.batch_norm(s, None, None, training=True) for s in sets])
+    torch.testing.assert_close(out, reference)

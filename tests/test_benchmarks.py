@@ -13,7 +13,23 @@ def test_tiny_benchmark_prints_and_writes_its_table(tmp_path, capsys):
     assert {"a/b", "c/a", "d/a", "e_fo/a", "e_so/a", "floor_setting", "a/b met"} <= set(table.columns)
     assert list(table.scenario) == ["S1", "S2"]
     assert (table["anil_ms"] > 0).all() and (table["floor_ms"] > 0).all()
+    assert (table["anil_grouped_ms"] > 0).all()  # the tiny mode also times the grouped layout
     assert "a/b" in out and "floor chunk 5" in out
     saved = json.loads((tmp_path / "benchmark_tiny.json").read_text())
     assert saved["meta"]["tiny"] is True and len(saved["rows"]) == 2
     assert (tmp_path / "benchmark_tiny.csv").read_text().startswith("scenario,size")
+
+
+def test_tuning_script_trains_and_reports_validation_and_test_rows(omniglot_root, cache_dir, tmp_path, capsys):
+    from benchmarks.tune_quick import STEPS
+    from benchmarks.tune_quick import main as tune
+
+    table = tune(["--data-root", str(omniglot_root), "--cache-dir", str(cache_dir), "--inner-lr", "0.1",
+                  "--iterations", "2", "--results-dir", str(tmp_path)])
+    assert list(table.split) == ["validation", "test"] and (table.inner_lr == 0.1).all()
+    accuracies = table[[f"steps_{s}" for s in STEPS]].to_numpy()
+    assert ((accuracies >= 0) & (accuracies <= 100)).all()
+    # Before adaptation the head is shared by all (randomly permuted) classes: about chance on 5-way tasks.
+    assert (abs(table.steps_0 - 20) < 5).all()
+    assert "steps_160" in capsys.readouterr().out
+    assert (tmp_path / "tune_quick.csv").exists()

@@ -7,6 +7,7 @@ hand-made records.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import warnings
@@ -179,3 +180,35 @@ def test_plots_are_figures_labelled_with_the_pretraining_source(records):
         assert any(SOURCE in text for text in texts), plot.__name__
         figure.savefig(io.BytesIO(), format="png")  # renders headless
     assert smooth([1.0, 0.0], alpha=0.5).tolist() == pytest.approx([1.0, 1 / 3])  # bias-corrected EMA
+
+
+def test_long_adaptation_curves_get_a_symlog_axis_with_plain_step_labels():
+    short = fake_record("S1", fake_train([1.0, 0.5], [0.4, 0.6]), fake_eval([0.2, 0.2], [0.6, 0.8]))
+    long = dataclasses.replace(short, name="S2", adaptation_curve=[0.2 + 0.01 * s for s in range(51)])
+    short = dataclasses.replace(short, adaptation_curve=[0.2, 0.5, 0.6])
+    assert plot_adaptation_curves({"S1": short}).axes[0].get_xscale() == "linear"
+    axis = plot_adaptation_curves({"S1": short, "S2": long}).axes[0]
+    assert axis.get_xscale() == "symlog"
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["0", "1", "2", "5", "10", "20", "50"]
+
+
+def test_run_scenario_evaluates_each_side_at_its_own_test_steps(background28, evaluation28, tmp_path):
+    """ANIL scenarios adapt for ``test_inner_steps``; both sides of the MAML comparison for ``maml_test_inner_steps``.
+
+    Also checks the cache round trip: a second call with ``reuse=True`` returns the stored record unchanged.
+    """
+    from evaluation.scenarios import ANIL_AT_MAML_BUDGET, MAML_SPEC, SCENARIOS, make_pools, run_scenario
+
+    config = PRESETS["smoke"].replace(s2_iterations=1, maml_iterations=1, test_inner_steps=3,
+                                      maml_test_inner_steps=1, test_tasks=4, seed_test_tasks=2, curve_steps=2)
+    pools = make_pools(background28, evaluation28, config)
+    steps, records = {}, {}
+    for spec in (SCENARIOS["S2"], ANIL_AT_MAML_BUDGET, MAML_SPEC):
+        records[spec.name] = record = run_scenario(spec, config, pools, "cpu", results_dir=tmp_path, progress=False)
+        steps[spec.name] = (record.test.steps, record.test_seed.steps)
+        assert record.test.num_tasks == 4 and record.test_seed.num_tasks == 2
+    assert steps == {"S2": (3, 3), ANIL_AT_MAML_BUDGET.name: (1, 1), MAML_SPEC.name: (1, 1)}
+    assert len(records["S2"].adaptation_curve) == config.curve_steps + 1
+    assert records[MAML_SPEC.name].adaptation_curve is None
+    again = run_scenario(SCENARIOS["S2"], config, pools, "cpu", results_dir=tmp_path, progress=False)
+    assert again.test.per_task_after == records["S2"].test.per_task_after

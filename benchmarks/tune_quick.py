@@ -1,0 +1,78 @@
+"""Choose the ``quick`` preset's inner learning rate and test-time inner steps for S2, on validation tasks only.
+
+ANIL (Raghu et al., ICLR 2020, arXiv:1909.09157), scenario S2 (conv4, first order). For every ``inner_lr`` and
+seed, S2 is trained exactly as the notebook trains it (same pools, ``run_scenario``'s learner and ``train``), then
+query accuracy is measured after several numbers of test-time inner steps on the *validation* tasks (held-out
+background characters), which choose the values, and on the test tasks, which only report them::
+
+    python -m benchmarks.tune_quick --data-root data --inner-lr 0.05 0.1 0.2 0.4 --seeds 0
+
+It writes ``results/tune_quick.csv`` (one row per run and split) and prints it. Each run takes 3-5 minutes on a
+2-core CPU. Run several processes side by side only with ``OMP_NUM_THREADS=1`` each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from evaluation.evaluate import per_task_accuracies
+from evaluation.results import save_table
+from evaluation.scenarios import SCENARIOS, build_network, make_learner, make_pools
+from evaluation.training import train
+from utils.config import Config, resolve_config
+from utils.data import load_omniglot
+
+STEPS = (0, 5, 10, 20, 40, 50, 80, 160)
+
+
+def tune_run(config: Config, data_root: str, cache_dir: str | None, steps: tuple[int, ...]) -> list[dict]:
+    """Train S2 with ``config`` on the CPU; accuracy (%) after each of ``steps`` on validation and test tasks."""
+    device = torch.device("cpu")
+    splits = [load_omniglot(data_root, s, config.image_size, cache_dir=cache_dir, progress=False)
+              for s in ("background", "evaluation")]
+    pools = make_pools(*splits, config)
+    spec = SCENARIOS["S2"]
+    learner = make_learner(spec, *build_network(spec.architecture, config), config)
+    started = time.perf_counter()
+    train(learner, pools.train, config.s2_iterations, config.meta_batch_size,
+          generator=torch.Generator().manual_seed(config.seed), device=device, scenario=spec.name,
+          progress=False, lr_schedule=config.outer_lr_schedule)
+    seconds = time.perf_counter() - started
+    rows = []
+    for split, pool in (("validation", pools.val), ("test", pools.test)):
+        accs, nil = per_task_accuracies(learner, pool, steps, 50, device, nil=True, progress=False)
+        row = {"inner_lr": config.inner_lr, "seed": config.seed, "split": split, "tasks": len(pool),
+               "train_s": round(seconds, 1), "nil": round(100 * nil.mean().item(), 2)}
+        rows.append(row | {f"steps_{s}": round(100 * a.mean().item(), 2) for s, a in zip(steps, accs, strict=True)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--inner-lr", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--iterations", type=int, default=None, help="S2 outer steps (default: the preset's)")
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    args = p.parse_args(argv)
+    rows = []
+    for seed in args.seeds:
+        for inner_lr in args.inner_lr:
+            config = resolve_config("quick", torch.device("cpu"), inner_lr=inner_lr, seed=seed,
+                                    s2_iterations=args.iterations)
+            rows += tune_run(config, args.data_root, args.cache_dir, STEPS)
+            print(pd.DataFrame(rows[-2:]).to_string(index=False), flush=True)
+    table = pd.DataFrame(rows)
+    save_table(table, args.results_dir, "tune_quick")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n{table.to_string(index=False)}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
