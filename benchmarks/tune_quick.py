@@ -6,6 +6,7 @@ query accuracy is measured after several numbers of test-time inner steps on the
 background characters), which choose the values, and on the test tasks, which only report them::
 
     python -m benchmarks.tune_quick --data-root data --inner-lr 0.05 0.1 0.2 0.4 --seeds 0
+    python -m benchmarks.tune_quick --data-root data --inner-lr 0.1 --bf16-body on off   # bf16 accuracy A/B
 
 It writes ``results/tune_quick.csv`` (one row per run and split) and prints it. Each run takes 3-5 minutes on a
 2-core CPU. Run several processes side by side only with ``OMP_NUM_THREADS=1`` each.
@@ -46,7 +47,8 @@ def tune_run(config: Config, data_root: str, cache_dir: str | None, steps: tuple
     rows = []
     for split, pool in (("validation", pools.val), ("test", pools.test)):
         accs, nil = per_task_accuracies(learner, pool, steps, 50, device, nil=True, progress=False)
-        row = {"inner_lr": config.inner_lr, "seed": config.seed, "split": split, "tasks": len(pool),
+        row = {"inner_lr": config.inner_lr, "bf16_body": config.bf16_body, "seed": config.seed, "split": split,
+               "tasks": len(pool),
                "train_s": round(seconds, 1), "nil": round(100 * nil.mean().item(), 2)}
         rows.append(row | {f"steps_{s}": round(100 * a.mean().item(), 2) for s, a in zip(steps, accs, strict=True)})
     return rows
@@ -59,15 +61,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--inner-lr", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--iterations", type=int, default=None, help="S2 outer steps (default: the preset's)")
+    p.add_argument("--bf16-body", choices=["on", "off"], nargs="+", default=["on"],
+                   help="bfloat16 autocast of the body; 'on off' runs an A/B of its accuracy effect")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     args = p.parse_args(argv)
     rows = []
-    for seed in args.seeds:
-        for inner_lr in args.inner_lr:
-            config = resolve_config("quick", torch.device("cpu"), inner_lr=inner_lr, seed=seed,
-                                    s2_iterations=args.iterations)
-            rows += tune_run(config, args.data_root, args.cache_dir, STEPS)
-            print(pd.DataFrame(rows[-2:]).to_string(index=False), flush=True)
+    grid = [(seed, lr, bf16) for seed in args.seeds for lr in args.inner_lr for bf16 in args.bf16_body]
+    for seed, inner_lr, bf16 in grid:
+        config = resolve_config("quick", torch.device("cpu"), inner_lr=inner_lr, seed=seed,
+                                s2_iterations=args.iterations, bf16_body=bf16 == "on")
+        rows += tune_run(config, args.data_root, args.cache_dir, STEPS)
+        print(pd.DataFrame(rows[-2:]).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
     save_table(table, args.results_dir, "tune_quick")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n{table.to_string(index=False)}")
