@@ -30,14 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 Layout = Literal["auto", "loop", "vmap", "grouped"]
-LAYOUTS = ("auto", "loop", "vmap", "grouped")
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 BNMode = Literal["batch", "running"]
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 DEEP_BODY_CONVS = 10  # conv layers from which a body counts as deep (ResNet18 has 20, conv4 has 4)
@@ -46,7 +46,7 @@ SMALL_IMAGE = 32  # image side up to which per-operation overhead dominates on a
 
 def resolve_layout(layout: Layout, device: torch.device, body: nn.Module | None = None,
                    image_size: int | None = None) -> Literal["loop", "vmap", "grouped"]:
-    """Pick the feature layout for a device (both give identical numbers; only speed differs).
+    """Pick the feature layout for a device (all give identical outputs and gradients; only speed differs).
 
     ``"auto"`` follows measurements (``benchmarks/run.py``): on CUDA one vmapped call, which removes kernel
     launches; on a CPU a loop over sets, whose small batches stay in cache, except for deep bodies (ResNet18)

@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from algorithms.features import LAYOUTS
 from benchmarks import methods
 from utils.io import atomic_write_json, atomic_write_text
 from utils.networks import create_anil_network, create_pretrained_resnet_body, freeze_body
@@ -217,7 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resnet-sizes", type=int, nargs="+", help="sizes for S3/S4 (default: --sizes)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     p.add_argument("--methods", nargs="+", default=["per_task", "seed", "maml_fo", "maml_so"])
-    p.add_argument("--anil-layouts", nargs="*", default=[], choices=["loop", "vmap", "grouped"],
+    p.add_argument("--anil-layouts", nargs="*", default=[], choices=[x for x in LAYOUTS if x != "auto"],
                    help="also time ANIL with each of these feature layouts forced (columns anil_<layout>_ms)")
     p.add_argument("--meta-batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)

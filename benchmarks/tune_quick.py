@@ -25,17 +25,21 @@ from evaluation.evaluate import per_task_accuracies
 from evaluation.results import save_table
 from evaluation.scenarios import SCENARIOS, build_network, make_learner, make_pools
 from evaluation.training import train
-from utils.config import Config, resolve_config
-from utils.data import load_omniglot
+from utils.config import PRESETS, Config, resolve_config
+from utils.data import OmniglotSplit, load_omniglot
 
 STEPS = (0, 5, 10, 20, 40, 50, 80, 160)
 
 
-def tune_run(config: Config, data_root: str, cache_dir: str | None, steps: tuple[int, ...]) -> list[dict]:
-    """Train S2 with ``config`` on the CPU; accuracy (%) after each of ``steps`` on validation and test tasks."""
+def tune_run(config: Config, splits: list[OmniglotSplit], steps: tuple[int, ...]) -> list[dict]:
+    """Train S2 with ``config`` on the CPU; accuracy (%) after each of ``steps`` on validation and test tasks.
+
+    Args:
+        config: the run's configuration (a quick preset with overrides).
+        splits: the background and evaluation splits at ``config.image_size``, loaded once by the caller.
+        steps: test-time inner-step counts to measure.
+    """
     device = torch.device("cpu")
-    splits = [load_omniglot(data_root, s, config.image_size, cache_dir=cache_dir, progress=False)
-              for s in ("background", "evaluation")]
     pools = make_pools(*splits, config)
     spec = SCENARIOS["S2"]
     learner = make_learner(spec, *build_network(spec.architecture, config), config)
@@ -66,11 +70,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     args = p.parse_args(argv)
     rows = []
+    splits = [load_omniglot(args.data_root, s, PRESETS["quick"].image_size, cache_dir=args.cache_dir,
+                            progress=False) for s in ("background", "evaluation")]
     grid = [(seed, lr, bf16) for seed in args.seeds for lr in args.inner_lr for bf16 in args.bf16_body]
     for seed, inner_lr, bf16 in grid:
         config = resolve_config("quick", torch.device("cpu"), inner_lr=inner_lr, seed=seed,
                                 s2_iterations=args.iterations, bf16_body=bf16 == "on")
-        rows += tune_run(config, args.data_root, args.cache_dir, STEPS)
+        rows += tune_run(config, splits, STEPS)
         print(pd.DataFrame(rows[-2:]).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
     save_table(table, args.results_dir, "tune_quick")

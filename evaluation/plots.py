@@ -21,6 +21,7 @@ from evaluation.compare import ScenarioRecord
 from evaluation.resources import MEMORY_KIND_LABELS
 
 EMA_ALPHA = 0.05  # weight of the newest iteration in the smoothed curves (~20-iteration memory)
+LONG_CURVE = 21  # points (0..20 steps) up to which an adaptation curve keeps markers and a linear axis
 
 
 def smooth(values: Sequence[float], alpha: float = EMA_ALPHA) -> np.ndarray:
@@ -103,11 +104,11 @@ def plot_adaptation_curves(records: Mapping[str, ScenarioRecord]) -> Figure:
             ax.plot(
                 range(len(record.adaptation_curve)),
                 record.adaptation_curve,
-                marker="o" if len(record.adaptation_curve) <= 21 else None,
+                marker="o" if len(record.adaptation_curve) <= LONG_CURVE else None,
                 color=f"C{i}",
                 label=record.label,
             )
-    if longest > 21:
+    if longest > LONG_CURVE:
         # Most of the change happens in the first few steps; a symmetric log axis keeps them readable.
         ax.set_xscale("symlog", linthresh=1)
         ticks = [t for t in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500) if t < longest]

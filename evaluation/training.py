@@ -44,6 +44,7 @@ from evaluation.checkpoint import checkpoint_metadata, read_checkpoint, restore_
 from evaluation.evaluate import evaluate
 from evaluation.resources import ResourceMonitor, device_name
 from evaluation.serialise import dataclass_kwargs
+from utils.config import LR_SCHEDULES
 from utils.io import ensure_writable_dir
 from utils.tasks import TaskPool
 
@@ -164,9 +165,6 @@ class _Settings:
     checkpoint_path: Path | None
     checkpoint_every: int
     lr_schedule: str = "constant"
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def outer_lr_factor(schedule: str, iteration: int, iterations: int) -> float:

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+LR_SCHEDULES = ("constant", "cosine")  # outer learning-rate schedules (evaluation.training)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -223,8 +225,8 @@ def validate_config(config: Config) -> Config:
             f"k_shot + k_query = {config.k_shot} + {config.k_query} = {config.k_shot + config.k_query} exceeds "
             "the 20 drawings per Omniglot character."
         )
-    if config.outer_lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"outer_lr_schedule must be 'constant' or 'cosine', got {config.outer_lr_schedule!r}.")
+    if config.outer_lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"outer_lr_schedule must be one of {LR_SCHEDULES}, got {config.outer_lr_schedule!r}.")
     if not 0 < config.val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {config.val_fraction!r}.")
     return config
