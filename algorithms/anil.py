@@ -24,6 +24,16 @@ Semantics (tested against a plain per-task loop in ``tests/test_anil.py``):
   as if every set were forwarded alone in train mode (as in the MAML and ANIL reference code); tasks never share
   statistics. Evaluation uses the same policy by default; ``eval_bn="running"`` uses running statistics instead.
   See :mod:`algorithms.features`.
+* **No host synchronisation.** :meth:`ANIL.meta_train_step` returns its loss and accuracy as detached 0-d
+  tensors on the learner's device and never reads a GPU value on the host: a meta-batch's shapes are validated
+  every time, its labels only the first time a signature (shapes, dtypes, device) is seen on an accelerator
+  (always on a CPU, where the check costs no synchronisation). The training loop reads the statistics in batches
+  (:mod:`evaluation.training`).
+* **CUDA graphs.** With ``cuda_graph="auto"`` (the default) a learner on CUDA runs two eager steps, then captures
+  the whole meta-train step (forward, backward, capturable Adam) in one CUDA graph and replays it for every
+  meta-batch of the same shape (:mod:`algorithms.cuda_graph`); it falls back to eager steps with a one-line
+  notice when capture fails. Graphs are never used on a CPU or MPS. Replayed and eager steps agree to float32
+  rounding (capturable Adam computes its bias correction on the GPU).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from algorithms.cuda_graph import GraphedStep, GraphMode, make_capturable, resolve_graph_mode, set_outer_lr
 from algorithms.features import BNMode, Layout, resolve_layout, set_features
 from utils.networks import freeze_body as freeze_body_weights
 
@@ -116,6 +127,13 @@ class ANIL:
         eval_bn: BatchNorm policy at evaluation, ``"batch"`` (as in training) or ``"running"``.
         amp_dtype: run the body under :func:`torch.autocast` with this dtype (e.g. ``torch.bfloat16`` on a CPU
             with AMX); the features are cast back to float32, so the head and its inner loop stay float32.
+        cuda_graph: ``"auto"`` captures :meth:`meta_train_step` in a CUDA graph on CUDA (eager elsewhere, and
+            eager with a notice if capture fails); ``True`` requires it (``ValueError`` off CUDA,
+            :class:`algorithms.cuda_graph.GraphCaptureError` when capture fails); ``False`` never captures.
+        channels_last: keep the body and the images in ``channels_last`` with the ``"vmap"`` and ``"grouped"``
+            layouts (a speed option for GPUs, off until measured; ``"loop"`` on a CPU always uses it).
+        compile_body: run the ``"grouped"`` body forward through :func:`torch.compile` (a speed option, off
+            until measured; other layouts ignore it).
     """
 
     def __init__(
@@ -131,6 +149,9 @@ class ANIL:
         task_chunk: int | None = None,
         eval_bn: BNMode = "batch",
         amp_dtype: torch.dtype | None = None,
+        cuda_graph: GraphMode = "auto",
+        channels_last: bool = False,
+        compile_body: bool = False,
     ) -> None:
         if not isinstance(head, nn.Linear):
             raise ValueError(f"head must be an nn.Linear, got {type(head).__name__}.")
@@ -148,7 +169,44 @@ class ANIL:
         self._layout_request, self.layout, self.task_chunk, self._resolved = layout, layout, task_chunk, False
         if task_chunk is not None and (not isinstance(task_chunk, int) or task_chunk < 1):
             raise ValueError(f"task_chunk must be a positive integer or None, got {task_chunk!r}.")
-        self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.outer_lr)
+        self.channels_last, self.compile_body = bool(channels_last), bool(compile_body)
+        self._compiled: nn.Module | None = None
+        self._validated: set[tuple] = set()  # meta-batch signatures whose labels were checked
+        self._graph: GraphedStep | None = None
+        if resolve_graph_mode(cuda_graph, self.device):
+            # A graph reads the learning rate from GPU memory, so the schedule updates this tensor in place.
+            self._lr = torch.tensor(self.outer_lr, dtype=torch.float32, device=self.device)
+            self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self._lr, capturable=True)
+            self._graph = GraphedStep(self._step, self._graph_state, self._prepare_graph,
+                                      strict=cuda_graph is True, name="ANIL meta-train step")
+        else:
+            self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.outer_lr)
+
+    @property
+    def graph_captured(self) -> bool:
+        """Whether :meth:`meta_train_step` currently replays a CUDA graph."""
+        return self._graph is not None and self._graph.captured
+
+    def set_outer_lr(self, value: float) -> None:
+        """Set the Adam learning rate for the next steps (the training loop's schedule calls this every step).
+
+        With a CUDA graph the rate is a GPU tensor written in place, so a captured step sees the new value.
+        """
+        if self._graph is not None and self.optimizer.param_groups[0]["lr"] is not self._lr:
+            self._prepare_graph()  # e.g. after optimizer.load_state_dict brought back a float rate
+        set_outer_lr(self.optimizer, value)
+
+    def _prepare_graph(self) -> None:
+        make_capturable(self.optimizer, self._lr)
+
+    def _graph_state(self) -> list[Tensor]:
+        """Every tensor a captured step reads or updates in place (their addresses must not change)."""
+        tensors = [*self.body.parameters(), *self.head.parameters(), *self.body.buffers()]
+        for group in self.optimizer.param_groups:
+            tensors += [group["lr"]] if isinstance(group["lr"], Tensor) else []
+            for param in group["params"]:
+                tensors += [v for v in self.optimizer.state.get(param, {}).values() if isinstance(v, Tensor)]
+        return tensors
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the outer loop updates (frozen body weights excluded)."""
@@ -159,8 +217,10 @@ class ANIL:
         if self._resolved:
             return
         self.layout = resolve_layout(self._layout_request, self.device, self.body, image_size)
-        if self.layout == "loop" and self.device.type == "cpu":
+        if (self.layout == "loop" and self.device.type == "cpu") or (self.channels_last and self.layout != "loop"):
             self.body.to(memory_format=torch.channels_last)
+        if self.compile_body and self.layout == "grouped":
+            self._compiled = torch.compile(self.body, dynamic=False)
         if self.task_chunk is None:
             self.task_chunk = 1 if self.device.type == "cpu" and image_size >= LARGE_IMAGE else 1_000_000
         self._resolved = True
@@ -170,8 +230,11 @@ class ANIL:
         self._resolve_layout(x.shape[-1])
         bn = "batch" if training else self.eval_bn
         dropout = training and not self.freeze_body
+        if self.channels_last and self.layout != "loop":
+            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            feats = set_features(self.body, x, self.layout, bn, update_running_stats=training, dropout=dropout)
+            feats = set_features(self.body, x, self.layout, bn, update_running_stats=training, dropout=dropout,
+                                 forward=self._compiled)
         feats = feats.to(self.head.weight.dtype)
         if feats.shape[-1] != self.head.in_features:
             raise ValueError(
@@ -191,7 +254,7 @@ class ANIL:
         Returns:
             Adapted head, ``weight (tasks, n_way, features)`` and ``bias (tasks, n_way)``.
         """
-        validate_tasks(support_x, support_y, support_x, support_y, self.head.out_features, self.body)
+        self._validate(support_x, support_y, support_x, support_y)
         steps = self.inner_steps if steps is None else steps
         init = HeadParams(self.head.weight, self.head.bias)
         return inner_loop(self.features(support_x, False), support_y, init, steps, self.inner_lr, True)
@@ -207,7 +270,7 @@ class ANIL:
             tasks: a ``TaskBatch`` or a 4-tuple ``(support_x, support_y, query_x, query_y)``.
         """
         support_x, support_y, query_x, query_y = tasks
-        validate_tasks(support_x, support_y, query_x, query_y, self.head.out_features, self.body)
+        self._validate(support_x, support_y, query_x, query_y)
         # First order: the support features only enter through detached gradients, so build no graph for them.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.first_order):
             support = self.features(support_x, training=True)
@@ -217,23 +280,56 @@ class ANIL:
         loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
         return loss, (logits.argmax(-1) == query_y).float().mean()
 
-    def meta_train_step(self, tasks: Sequence[Tensor]) -> dict[str, float]:
-        """One outer step: zero_grad, meta_loss, backward, Adam step. Returns ``{"loss", "acc"}`` as floats.
+    def _validate(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> None:
+        """:func:`validate_tasks`, once per signature off the CPU (its label checks synchronise a GPU)."""
+        tasks = (support_x, support_y, query_x, query_y)
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in tasks)
+        if key in self._validated and support_y.device.type != "cpu":
+            return
+        validate_tasks(*tasks, self.head.out_features, self.body)
+        self._validated.add(key)
+
+    def meta_train_step(self, tasks: Sequence[Tensor]) -> dict[str, Tensor]:
+        """One outer step: zero_grad, meta_loss, backward, Adam step; replayed from a CUDA graph when captured.
+
+        Returns:
+            ``{"loss", "acc"}``, detached 0-d tensors on the learner's device (float32, or float64 when the tasks
+            were processed in several chunks); reading them (``float(...)``) synchronises a GPU, so the training
+            loop reads them in batches.
+        """
+        tasks = tuple(tasks)
+        self._resolve_layout(tasks[0].shape[-1])
+        self._validate(*tasks)
+        if self._graph is None:
+            stats = self._step(*tasks)
+        else:
+            settings = (self.inner_lr, self.inner_steps, self.first_order, self.layout, self.task_chunk,
+                        self.amp_dtype, self.freeze_body)
+            stats = self._graph(tasks, (tuple((t.shape, t.dtype, t.device) for t in tasks), settings))
+        return {"loss": stats[0], "acc": stats[1]}
+
+    def _step(self, *tasks: Tensor) -> Tensor:
+        """The meta-train step itself, free of host synchronisation; returns ``(loss, acc)`` as one tensor ``(2,)``.
 
         The meta-loss is a mean over independent tasks, so it is evaluated and back-propagated ``task_chunk``
-        tasks at a time with gradients accumulated: the same gradient, a smaller working set.
+        tasks at a time with gradients accumulated: the same gradient, a smaller working set. Over several chunks
+        the statistics are accumulated in float64 (float32 on MPS, which has no float64), as Python floats were.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        self._resolve_layout(tasks[0].shape[-1])
         num_tasks = len(tasks[0])
-        loss_sum = acc_sum = 0.0
-        for start in range(0, num_tasks, self.task_chunk):
+        chunks = range(0, num_tasks, self.task_chunk)
+        total = None
+        for start in chunks:
             chunk = [t[start : start + self.task_chunk] for t in tasks]
             loss, acc = self.meta_loss(chunk)
             (loss * (len(chunk[0]) / num_tasks)).backward()
-            loss_sum, acc_sum = loss_sum + loss.item() * len(chunk[0]), acc_sum + acc.item() * len(chunk[0])
+            stats = torch.stack([loss.detach(), acc.detach()])
+            if len(chunks) > 1:
+                dtype = torch.float32 if stats.device.type == "mps" else torch.float64
+                stats = stats.to(dtype) * len(chunk[0])
+                total = stats if total is None else total + stats
         self.optimizer.step()
-        return {"loss": loss_sum / num_tasks, "acc": acc_sum / num_tasks}
+        return stats if total is None else total / num_tasks
 
 
 def _first_conv_channels(body: nn.Module) -> int | None:

@@ -28,7 +28,7 @@ BatchNorm policy, in one place:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal, get_args
 
@@ -157,10 +157,13 @@ def grouped_statistics(body: nn.Module, sets: int) -> Iterator[None]:
             del module.forward  # back to the class's forward
 
 
-def _grouped_features(body: nn.Module, x: Tensor) -> Tensor:
-    """All sets in one forward, BatchNorm statistics per set. Shapes as in :func:`_loop_features`."""
+def _grouped_features(body: nn.Module, x: Tensor, forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """All sets in one forward, BatchNorm statistics per set. Shapes as in :func:`_loop_features`.
+
+    ``forward`` replaces ``body``'s own call, e.g. a :func:`torch.compile` of it.
+    """
     with grouped_statistics(body, x.shape[0]):
-        return body(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return (forward or body)(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
 def set_features(
@@ -170,6 +173,7 @@ def set_features(
     bn: BNMode = "batch",
     update_running_stats: bool = True,
     dropout: bool = False,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Body features of every image, each set normalised on its own.
 
@@ -180,13 +184,14 @@ def set_features(
         bn: BatchNorm policy, ``"batch"`` or ``"running"``.
         update_running_stats: update BatchNorm running averages (training only).
         dropout: whether Dropout is active.
+        forward: with ``"grouped"``, called instead of ``body`` (e.g. ``torch.compile(body)``); else ignored.
 
     Returns:
         Features of shape ``(sets, n, features)``.
     """
     with body_mode(body, bn, update_running_stats, dropout):
         if layout == "grouped":
-            return _grouped_features(body, x)
+            return _grouped_features(body, x, forward)
         has_buffers = next(body.buffers(), None) is not None
         if layout == "vmap" and has_buffers and bn == "batch" and update_running_stats:
             return _vmap_features(body, x)

@@ -20,8 +20,16 @@ the history so far is kept, a final checkpoint is written when a path was given,
 leave that step half-applied; the checkpoint then still describes the previous iteration's task order and
 history.
 
+Host synchronisation: a learner's ``meta_train_step`` may return its ``loss`` and ``acc`` as device tensors
+(ANIL does) or as floats (any learner). Tensors are kept on the device and read together, with one
+synchronisation, every ``READ_EVERY`` iterations (when the progress bar refreshes), before a validation, a
+checkpoint or a callback needs them, and at the end; the recorded history is the same as reading them at every
+step. On a GPU the host thus queues the next meta-batches while the device computes.
+
 A non-finite loss raises :class:`NonFiniteLossError` (a ``FloatingPointError``) naming the scenario, the
-iteration and the likely cause; no checkpoint is written after it, so the last good one stays intact.
+iteration and the likely cause; no checkpoint is written after it, so the last good one stays intact. It is
+detected when the statistics are read, so up to ``READ_EVERY - 1`` further steps may already have run on the
+ruined parameters; the history ends before the non-finite iteration, which the message names.
 
 Cost: ``wall_time_s`` counts task materialisation and outer steps only (not validation or checkpoint writes);
 peak memory and GPU utilisation are measured as described in :mod:`evaluation.resources`.
@@ -49,6 +57,7 @@ from utils.io import ensure_writable_dir
 from utils.tasks import TaskPool
 
 SMOOTHING = 0.9  # EMA factor of the running loss and accuracy shown in the progress bar
+READ_EVERY = 20  # iterations between reads of device-side statistics (each read synchronises a GPU once)
 Callback = Callable[[int, dict[str, float]], None]
 
 
@@ -178,6 +187,22 @@ def outer_lr_factor(schedule: str, iteration: int, iterations: int) -> float:
     return 1.0
 
 
+def set_outer_lr(learner: Any, value: float) -> None:
+    """Set the learner's Adam rate: through ``learner.set_outer_lr`` when it has one (a CUDA graph reads a tensor)."""
+    if hasattr(learner, "set_outer_lr"):
+        learner.set_outer_lr(value)
+        return
+    for group in learner.optimizer.param_groups:
+        group["lr"] = value
+
+
+def _to_floats(values: list[Any]) -> list[float]:
+    """Python floats of ``values`` (floats or 0-d tensors), reading every tensor in one transfer."""
+    tensors = [v.reshape(1) for v in values if isinstance(v, torch.Tensor)]
+    read = iter(torch.cat(tensors).tolist() if tensors else [])
+    return [next(read) if isinstance(v, torch.Tensor) else float(v) for v in values]
+
+
 def _check_count(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
@@ -221,6 +246,7 @@ class _Trainer:
         self.state, self.monitor = _RunState(), ResourceMonitor(settings.device)
         self.order_state = order.state_dict()  # the task order after the last *completed* iteration
         self.last_checkpoint: int | None = None
+        self.pending: list[tuple[Any, Any]] = []  # (loss, acc) of completed iterations not yet read, in order
 
     def resume(self, path: str | os.PathLike) -> None:
         """Restore learner, task order, history and statistics from a checkpoint."""
@@ -242,23 +268,43 @@ class _Trainer:
             self.last_checkpoint = state.iteration  # that file already holds this state
         print(f"Resuming {self.settings.scenario} from {path} at iteration {state.iteration}.")
 
-    def step(self) -> dict[str, float]:
-        """One outer iteration on the next meta-batch; records loss, accuracy and cost."""
+    def step(self) -> None:
+        """One outer iteration on the next meta-batch; its loss and accuracy wait, unread, in ``pending``."""
         started = time.perf_counter()
         tasks = self.pool.batch(self.order.next_indices(), self.settings.device)
         factor = outer_lr_factor(self.settings.lr_schedule, self.state.iteration, self.settings.iterations)
-        for group in self.learner.optimizer.param_groups:
-            group["lr"] = self.learner.outer_lr * factor
+        set_outer_lr(self.learner, self.learner.outer_lr * factor)
         stats = self.learner.meta_train_step(tasks)
         self.monitor.sample()
         self.state.wall_time_s += time.perf_counter() - started
-        if not math.isfinite(stats["loss"]):
-            raise NonFiniteLossError(self._non_finite_message(stats["loss"]))
         self.state.iteration += 1
-        self.state.losses.append(stats["loss"])
-        self.state.accs.append(stats["acc"])
+        self.pending.append((stats["loss"], stats["acc"]))
         self.order_state = self.order.state_dict()
-        return stats
+
+    def read_pending(self) -> list[dict[str, float]]:
+        """Read the pending statistics (one device synchronisation) into the history, in order.
+
+        Returns:
+            ``{"loss", "acc"}`` of each newly recorded iteration.
+
+        Raises:
+            NonFiniteLossError: a pending loss is NaN or infinite; the history stops before it.
+        """
+        if not self.pending:
+            return []
+        started, first = time.perf_counter(), self.state.iteration - len(self.pending)
+        values = _to_floats([v for pair in self.pending for v in pair])
+        self.pending = []
+        self.state.wall_time_s += time.perf_counter() - started  # the device's backlog is training time too
+        read = []
+        for offset, (loss, acc) in enumerate(zip(values[::2], values[1::2], strict=True)):
+            if not math.isfinite(loss):
+                self.state.iteration = first + offset
+                raise NonFiniteLossError(self._non_finite_message(loss))
+            self.state.losses.append(loss)
+            self.state.accs.append(acc)
+            read.append({"loss": loss, "acc": acc})
+        return read
 
     def _non_finite_message(self, loss: float) -> str:
         s, lrn = self.settings, self.learner
@@ -274,23 +320,34 @@ class _Trainer:
             f"lower it and train again. The learner's parameters are no longer usable; {kept}."
         )
 
-    def validate(self, stats: dict[str, float]) -> None:
-        """Post-adaptation accuracy on the validation pool every ``val_every`` iterations."""
+    def validation_due(self) -> bool:
+        """Whether this iteration validates."""
         s = self.settings
-        if s.val_pool is None or not s.val_every or self.state.iteration % s.val_every:
-            return
+        return s.val_pool is not None and bool(s.val_every) and self.state.iteration % s.val_every == 0
+
+    def checkpoint_due(self) -> bool:
+        """Whether this iteration's periodic checkpoint is still to be written."""
+        s, it = self.settings, self.state.iteration
+        return bool(s.checkpoint_every) and it % s.checkpoint_every == 0 and self.last_checkpoint != it
+
+    def validate(self) -> float | None:
+        """Post-adaptation accuracy on the validation pool every ``val_every`` iterations (else ``None``)."""
+        s = self.settings
+        if not self.validation_due():
+            return None
         result = evaluate(self.learner, s.val_pool, device=s.device, progress=False)
         self.state.val_history.append(
             {"iteration": self.state.iteration, "acc": result.acc_after, "ci": result.ci_after}
         )
-        stats["val_acc"] = result.acc_after
+        return result.acc_after
 
     def checkpoint(self, force: bool = False) -> None:
-        """Write a checkpoint every ``checkpoint_every`` iterations (or now, with ``force``)."""
+        """Write a checkpoint every ``checkpoint_every`` iterations (or now, with ``force``); reads pending stats."""
         s, it = self.settings, self.state.iteration
         due = force or (s.checkpoint_every and it % s.checkpoint_every == 0)
         if s.checkpoint_path is None or not due or self.last_checkpoint == it:
             return
+        self.read_pending()  # never save a history with a hole, nor one that hides a non-finite loss
         progress = {"state": asdict(self.state), "monitor": self.monitor.state_dict()}
         save_checkpoint(s.checkpoint_path, self.learner, s.metadata, self.order_state, progress)
         self.last_checkpoint = it
@@ -308,14 +365,21 @@ class _Trainer:
         running: dict[str, float] = {}
         try:
             while self.state.iteration < s.iterations:
-                stats = self.step()
-                self.validate(stats)
-                self.checkpoint()
-                running = _smoothed(running, stats)
+                self.step()
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
-                if callback is not None:
-                    callback(self.state.iteration, stats)
+                it = self.state.iteration
+                if (callback is not None or it % READ_EVERY == 0 or it == s.iterations or self.validation_due()
+                        or (s.checkpoint_path is not None and self.checkpoint_due())):
+                    read = self.read_pending()
+                    for stats in read:
+                        running = _smoothed(running, stats)
+                    val_acc = self.validate()
+                    if val_acc is not None:
+                        running = _smoothed(running, {"val_acc": val_acc})
+                    self.checkpoint()
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+                    if callback is not None:
+                        callback(it, {**read[-1], **({} if val_acc is None else {"val_acc": val_acc})})
         except KeyboardInterrupt:
             return self._stop()
         finally:
@@ -325,6 +389,7 @@ class _Trainer:
 
     def _stop(self) -> TrainResult:
         """Clean end after ``KeyboardInterrupt``: final checkpoint, notice, partial result."""
+        self.read_pending()
         self.checkpoint(force=True)
         saved = f"; checkpoint: {self.settings.checkpoint_path}" if self.last_checkpoint is not None else ""
         print(
@@ -335,6 +400,7 @@ class _Trainer:
 
     def result(self, interrupted: bool) -> TrainResult:
         """The run so far as a :class:`TrainResult`."""
+        self.read_pending()
         st = self.state
         return TrainResult(
             scenario=self.settings.scenario,
@@ -387,7 +453,8 @@ def train(
         checkpoint_every: checkpoint every this many iterations (0: only at the end or on interrupt).
         resume_from: checkpoint to continue from (may equal ``checkpoint_path``).
         callback: ``callback(iteration, stats)`` after every iteration; ``iteration`` counts completed steps,
-            ``stats`` holds ``loss``, ``acc`` (and ``val_acc`` after a validation).
+            ``stats`` holds ``loss``, ``acc`` (and ``val_acc`` after a validation) as floats. A callback makes
+            the loop read the statistics at every iteration (one device synchronisation each).
         progress: show a progress bar with the smoothed loss and accuracy.
         lr_schedule: outer learning-rate schedule, ``"constant"`` or ``"cosine"`` (see :func:`outer_lr_factor`).
 
