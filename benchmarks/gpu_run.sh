@@ -1,14 +1,49 @@
 #!/usr/bin/env bash
-# One prepared GPU script (run from the repo root; expects .gpu/omniglot-py.tar.gz, a tar of shared/data/omniglot-py): seed-preset scenarios, then the benchmark suite. Copies small results to $OUT.
+# One prepared GPU run (issue 14), from the repository root, about 5-6 minutes (at most ~8.5: every step is under
+# `timeout`). Needs .gpu/omniglot-py.tar.gz (a tar of shared/data/omniglot-py) and torch with CUDA; no internet,
+# papermill or Jupyter. Writes at most 8 files to $OUT, named after the GPU, for benchmarks/measured/:
+#   <gpu>_device.txt, <gpu>_benchmark.csv (S1/S2 at 28 and 105, CUDA graph on and off, a/b against the floor),
+#   <gpu>_benchmark_levers.csv (S2 105x105: grouped layout with channels_last / torch.compile, graph on),
+#   <gpu>_train_throughput.csv (train() it/s, S2 at 28 and 105, graph on and off),
+#   <gpu>_seed_preset_comparison.csv, <gpu>_gpu_preset_comparison.csv, <gpu>_run.log (all output).
 set -x
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/gpu.txt
-python3 -c "import torch, torchvision; print(torch.__version__, torchvision.__version__)" | tee -a $OUT/gpu.txt
-mkdir -p /tmp/data && tar xzf .gpu/omniglot-py.tar.gz -C /tmp/data
-timeout 330 python3 -m benchmarks.seed_preset --data-root /tmp/data --cache-dir /tmp/cache --maml-iterations 100 \
-    --results-dir /tmp/res 2>&1 | tee $OUT/seed_preset.log
-cp /tmp/res/seed_preset_comparison.csv $OUT/ 2>/dev/null
-timeout 260 python3 -m benchmarks.run --sizes 105 28 --repeats 10 --warmup 3 --methods per_task seed maml_so \
-    --anil-layouts loop vmap grouped \
-    --out /tmp/bench 2>&1 | tee $OUT/bench.log
-cp /tmp/bench/benchmark.csv /tmp/bench/benchmark.json $OUT/ 2>/dev/null
+export PYTHONUNBUFFERED=1 PYTHONPATH=.
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT" /tmp/data /tmp/work
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '_' | sed 's/_*$//')
+GPU=${GPU:-unknown_gpu}
+LOG="$OUT/${GPU}_run.log"
+{
+  timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  timeout 30 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'CUDA', torch.version.cuda, \
+'cudnn', torch.backends.cudnn.version(), 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
+} 2>&1 | tee "$OUT/${GPU}_device.txt"
+
+{
+  timeout 30 tar xzf .gpu/omniglot-py.tar.gz -C /tmp/data && ls /tmp/data/omniglot-py
+
+  # (c) a/b against the floor, graph on and off (anil_ms is graph on)
+  timeout 75 python3 -m benchmarks.run --device cuda --sizes 28 105 --scenarios S1 S2 --cuda-graph on off \
+      --methods --repeats 20 --warmup 4 --out /tmp/work/bench
+  cp /tmp/work/bench/benchmark.csv "$OUT/${GPU}_benchmark.csv"
+
+  # (3) levers for the 105x105 gap: grouped layout with channels_last, with torch.compile (graph on)
+  timeout 80 python3 -m benchmarks.run --device cuda --sizes 105 --scenarios S2 --cuda-graph on \
+      --anil-layouts grouped --anil-levers channels_last compile --methods --repeats 20 --warmup 4 \
+      --out /tmp/work/levers
+  cp /tmp/work/levers/benchmark.csv "$OUT/${GPU}_benchmark_levers.csv"
+
+  # (d) train() throughput, sampling and logging included; decodes the background split into /tmp/cache
+  timeout 100 python3 -m benchmarks.train_throughput --data-root /tmp/data --cache-dir /tmp/cache --sizes 28 105 \
+      --cuda-graph on off --iterations 300 --warmup 10 --out /tmp/work/tp
+  cp /tmp/work/tp/train_throughput.csv "$OUT/${GPU}_train_throughput.csv"
+
+  # (e) the notebook's pipeline, headless: seed preset, then the gpu preset
+  timeout 100 python3 -m benchmarks.seed_preset --data-root /tmp/data --cache-dir /tmp/cache --preset seed \
+      --maml-iterations 50 --results-dir /tmp/work/seed
+  cp /tmp/work/seed/seed_preset_comparison.csv "$OUT/${GPU}_seed_preset_comparison.csv"
+  timeout 70 python3 -m benchmarks.seed_preset --data-root /tmp/data --cache-dir /tmp/cache --preset gpu \
+      --results-dir /tmp/work/gpu
+  cp /tmp/work/gpu/gpu_preset_comparison.csv "$OUT/${GPU}_gpu_preset_comparison.csv"
+  ls -la "$OUT"
+} 2>&1 | tee "$LOG"

@@ -4,7 +4,9 @@ ANIL (Raghu et al., ICLR 2020, arXiv:1909.09157) adapts only a linear head, so o
 more than one supervised forward+backward+Adam pass over its images: that pass is *the floor* (b). For each
 scenario (S1-S4) and image size this script times, as the median of repeated runs after a warm-up:
 
-(a) ``ANIL.meta_train_step`` (and, with ``--anil-layouts``, with each feature layout forced); (b) the floor,
+(a) ``ANIL.meta_train_step`` (and, with ``--anil-layouts``, with each feature layout forced; with ``--cuda-graph
+on off``, replayed from a CUDA graph and eager; with ``--anil-levers``, the grouped layout with channels_last or
+``torch.compile``); (b) the floor,
 searching chunk sizes {5, 30, all} and memory formats {contiguous, channels_last} and keeping the fastest; (c) a
 plain per-task ANIL loop; (d) the seed's pseudocode, which re-runs the body at every inner step; (e) MAML, first
 and second order; (f) the peak memory of each.
@@ -48,6 +50,7 @@ SCENARIOS = {  # name: (architecture, first_order, frozen body)
 }
 TARGETS = {"S1": 1.35, "S2": 1.25, "S3": 1.35}
 FLOOR_CHUNKS = (5, 30, None)  # None: all images in one batch
+LEVERS = {"channels_last": {"channels_last": True}, "compile": {"compile_body": True}}  # options for the 105x105 gap
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Job:
     chunk: int | None = None
     channels_last: bool = False
     layout: str = "auto"  # ANIL's feature layout (algorithms.features)
+    cuda_graph: bool = False  # ANIL: capture the step in a CUDA graph (strict: a failed capture fails the job)
+    compile_body: bool = False  # ANIL: torch.compile the grouped body
 
 
 def make_tasks(meta_batch_size: int, size: int, device: torch.device) -> TaskBatch:
@@ -91,7 +96,9 @@ def build_step(job: Job, device: torch.device) -> methods.Step:
     if frozen:
         freeze_body(body)
     if job.method == "anil":
-        return methods.anil_step(body, head, tasks, first_order, frozen, job.inner_steps, job.layout)
+        return methods.anil_step(body, head, tasks, first_order, frozen, job.inner_steps, job.layout,
+                                 cuda_graph=job.cuda_graph, channels_last=job.channels_last,
+                                 compile_body=job.compile_body)
     if job.method == "floor":
         chunk = job.chunk or job.meta_batch_size * 30
         return methods.floor_step(body, head, tasks, chunk, job.channels_last)
@@ -170,7 +177,8 @@ def floor_search(base: Job, device: str, chunks: tuple, in_process: bool) -> dic
 
 def scenario_row(scenario: str, size: int, args: argparse.Namespace) -> dict:
     """All methods for one scenario and size, as one table row."""
-    base = Job(scenario, size, "anil", args.meta_batch_size, args.repeats, args.warmup)
+    base = Job(scenario, size, "anil", args.meta_batch_size, args.repeats, args.warmup,
+               cuda_graph=args.cuda_graph[0] == "on")
     print(f"{scenario} at {size}x{size}:", flush=True)
     floor = floor_search(base, args.device, args.floor_chunks, args.in_process)
     row = {"scenario": scenario, "size": size, "floor_ms": floor["ms"], "floor_setting": floor["setting"],
@@ -181,8 +189,19 @@ def scenario_row(scenario: str, size: int, args: argparse.Namespace) -> dict:
     jobs = {method: Job(**{**asdict(base), "method": method}) for method in wanted}
     # Each layout of ANIL's features forced, beside "auto" (the device's default): which one should auto pick?
     jobs |= {f"anil_{layout}": Job(**{**asdict(base), "layout": layout}) for layout in args.anil_layouts}
+    # The first --cuda-graph mode is anil_ms itself; every mode also gets its own column, so a/b can be compared.
+    jobs |= {f"anil_graph_{mode}": Job(**{**asdict(base), "cuda_graph": mode == "on"}) for mode in args.cuda_graph
+             if len(args.cuda_graph) > 1}
+    jobs |= {f"anil_grouped_{lever}": Job(**{**asdict(base), "layout": "grouped", **LEVERS[lever]})
+             for lever in args.anil_levers}
     for name, job in jobs.items():
-        result = run_in_subprocess(job, args.device, args.in_process)
+        try:
+            result = run_in_subprocess(job, args.device, args.in_process)
+        except Exception as err:  # an optional variant (a lever, a graph) must not cost the other measurements
+            if name == "anil":
+                raise
+            print(f"    {name:<35} FAILED: {type(err).__name__}: {str(err).strip()[-300:]}", flush=True)
+            result = {"ms": float("nan"), "peak_mb": float("nan")}
         row[f"{name}_ms"], row[f"{name}_peak_mb"] = result["ms"], result["peak_mb"]
         print(f"    {name:<35} {result['ms']:9.1f} ms  peak {result['peak_mb']:8.1f} MB", flush=True)
     return row
@@ -191,6 +210,9 @@ def scenario_row(scenario: str, size: int, args: argparse.Namespace) -> dict:
 def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
     """a/b, c/a, d/a and e/a columns, and whether each scenario's a/b target is met."""
     table["a/b"] = table["anil_ms"] / table["floor_ms"]
+    for mode in ("on", "off"):
+        if f"anil_graph_{mode}_ms" in table:
+            table[f"a/b graph {mode}"] = table[f"anil_graph_{mode}_ms"] / table["floor_ms"]
     for method, label in (("per_task", "c/a"), ("seed", "d/a"), ("maml_fo", "e_fo/a"), ("maml_so", "e_so/a")):
         if f"{method}_ms" in table:
             table[label] = table[f"{method}_ms"] / table["anil_ms"]
@@ -217,9 +239,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[28, 105])
     p.add_argument("--resnet-sizes", type=int, nargs="+", help="sizes for S3/S4 (default: --sizes)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    p.add_argument("--methods", nargs="+", default=["per_task", "seed", "maml_fo", "maml_so"])
+    p.add_argument("--methods", nargs="*", default=["per_task", "seed", "maml_fo", "maml_so"])
     p.add_argument("--anil-layouts", nargs="*", default=[], choices=[x for x in LAYOUTS if x != "auto"],
                    help="also time ANIL with each of these feature layouts forced (columns anil_<layout>_ms)")
+    p.add_argument("--cuda-graph", nargs="+", default=["off"], choices=["on", "off"],
+                   help="ANIL with its step captured in a CUDA graph ('on', CUDA only) or eager; the first mode is "
+                        "anil_ms, and with several each gets a column anil_graph_<mode>_ms")
+    p.add_argument("--anil-levers", nargs="*", default=[], choices=list(LEVERS),
+                   help="also time the grouped layout with channels_last or torch.compile (anil_grouped_<lever>_ms)")
     p.add_argument("--meta-batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -233,6 +260,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.floor_chunks = FLOOR_CHUNKS
     args.in_process = args.in_process or args.tiny or args.device.startswith("cuda")
+    if "on" in args.cuda_graph and not args.device.startswith("cuda"):
+        p.error("--cuda-graph on needs --device cuda (CUDA graphs exist only there)")
     if args.tiny:
         args.sizes, args.scenarios, args.meta_batch_size = [28], ["S1", "S2"], 2
         args.repeats, args.warmup, args.floor_chunks = 1, 1, (5,)
@@ -256,7 +285,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     atomic_write_text(args.out / f"{name}.csv", table.to_csv(index=False))
     atomic_write_json(args.out / f"{name}.json", {"meta": meta, "rows": table.to_dict(orient="records")})
     layouts = (f"anil_{x}_ms" for x in args.anil_layouts)
-    columns = [c for c in ("scenario", "size", "anil_ms", *layouts, "floor_ms", "floor_setting", "a/b", "target a/b",
+    variants = [f"anil_graph_{m}_ms" for m in args.cuda_graph] + [f"anil_grouped_{x}_ms" for x in args.anil_levers]
+    columns = [c for c in ("scenario", "size", "anil_ms", *layouts, *variants, "a/b graph on", "a/b graph off",
+                           "floor_ms", "floor_setting", "a/b", "target a/b",
                            "a/b met", "c/a", "d/a", "e_fo/a", "e_so/a", "e_so/a(S1)") if c in table]
     print(f"\n{meta['machine']} | {meta['date']} | torch {meta['torch']}")
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))

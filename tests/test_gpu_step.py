@@ -211,22 +211,39 @@ def test_pinned_cuda_batch_equals_the_cpu_batch(pool):
 
 
 @CUDA
-def test_graphed_training_resumes_after_the_optimizer_state_is_replaced(pool, tmp_path):
+def test_graphed_training_resumes_after_the_optimizer_state_is_replaced(pool, tmp_path, monkeypatch):
     """Resuming replaces Adam's state tensors: the graph must notice and recapture, not replay stale memory."""
-    reference, _ = cuda_pair()
-    expected = training.train(reference, pool, 6, 4, generator=torch.Generator().manual_seed(0), device="cuda",
-                              scenario="S2", progress=False)
-    first, resumed = cuda_pair()
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    def fit(learner, **kwargs):
+        return training.train(learner, pool, 8, 4, generator=torch.Generator().manual_seed(0), device="cuda",
+                              scenario="S2", progress=False, **kwargs)
+
+    reference, learner = cuda_pair()
+    learner._graph.disabled = False
+    expected = fit(reference)
     checkpoint = tmp_path / "g.pt"
 
     def stop(it, stats):
-        if it == 4:
+        if it == 5:
             raise KeyboardInterrupt
 
-    training.train(first, pool, 6, 4, generator=torch.Generator().manual_seed(0), device="cuda", scenario="S2",
-                   progress=False, checkpoint_path=checkpoint, callback=stop)
-    result = training.train(resumed, pool, 6, 4, generator=torch.Generator().manual_seed(0), device="cuda",
-                            scenario="S2", progress=False, resume_from=checkpoint)
+    fit(learner, checkpoint_path=checkpoint, callback=stop)
+    assert learner.graph_captured
+    result = fit(learner, resume_from=checkpoint)  # same learner: its graph recorded the old Adam state
     assert result.losses == pytest.approx(expected.losses, rel=1e-4, abs=1e-5)
     for name, tensor in state_tensors(reference).items():
-        torch.testing.assert_close(state_tensors(resumed)[name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+        torch.testing.assert_close(state_tensors(learner)[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_speed_levers_give_the_same_meta_loss(pool, monkeypatch):
+    """channels_last and a compiled grouped body change speed only (compiled with the cheap "eager" backend)."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, **{**kw, "backend": "eager"}))
+    tasks = pool.batch([0, 1])
+    expected = make_anil(layout="grouped").meta_loss(tasks)[0]
+    for lever in ({"channels_last": True}, {"compile_body": True}):
+        learner = make_anil(layout="grouped", **lever)
+        loss = learner.meta_loss(tasks)[0]
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6, msg=str(lever))
+        assert (learner._compiled is not None) == ("compile_body" in lever)
