@@ -2,7 +2,8 @@
 # One prepared GPU run (issue 14), from the repository root, about 5-6 minutes (at most ~8.5: every step is under
 # `timeout`). Needs .gpu/omniglot-py.tar.gz (a tar of shared/data/omniglot-py) and torch with CUDA; no internet,
 # papermill or Jupyter. Writes at most 8 files to $OUT, named after the GPU, for benchmarks/measured/:
-#   <gpu>_device.txt, <gpu>_benchmark.csv (S1/S2 at 28 and 105, CUDA graph on and off, a/b against the floor),
+#   <gpu>_device.txt, <gpu>_benchmark.csv (S1/S2 at 28 and 105, CUDA graph on and off, auto and grouped layouts,
+#   a/b against the floor),
 #   <gpu>_benchmark_levers.csv (S2 105x105: grouped layout with channels_last / torch.compile, graph on),
 #   <gpu>_train_throughput.csv (train() it/s, S2 at 28 and 105, graph on and off),
 #   <gpu>_seed_preset_comparison.csv, <gpu>_gpu_preset_comparison.csv, <gpu>_run.log (all output).
@@ -24,7 +25,7 @@ LOG="$OUT/${GPU}_run.log"
 
   # (c) a/b against the floor, graph on and off (anil_ms is graph on)
   timeout 75 python3 -m benchmarks.run --device cuda --sizes 28 105 --scenarios S1 S2 --cuda-graph on off \
-      --methods --repeats 20 --warmup 4 --out /tmp/work/bench
+      --anil-layouts grouped --methods --repeats 20 --warmup 4 --out /tmp/work/bench
   cp /tmp/work/bench/benchmark.csv "$OUT/${GPU}_benchmark.csv"
 
   # (3) levers for the 105x105 gap: grouped layout with channels_last, with torch.compile (graph on)
