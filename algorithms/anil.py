@@ -232,7 +232,9 @@ class ANIL:
         dropout = training and not self.freeze_body
         if self.channels_last and self.layout != "loop":
             x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        # Autocast's cache of cast weights would outlive a graph replay's inputs (PyTorch: disable it when graphing).
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
+                            cache_enabled=self._graph is None):
             feats = set_features(self.body, x, self.layout, bn, update_running_stats=training, dropout=dropout,
                                  forward=self._compiled)
         feats = feats.to(self.head.weight.dtype)
