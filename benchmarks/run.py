@@ -7,7 +7,9 @@ scenario (S1-S4) and image size this script times, as the median of repeated run
 (a) ``ANIL.meta_train_step`` (and, with ``--anil-layouts``, with each feature layout forced); (b) the floor,
 searching chunk sizes {5, 30, all} and memory formats {contiguous, channels_last} and keeping the fastest; (c) a
 plain per-task ANIL loop; (d) the seed's pseudocode, which re-runs the body at every inner step; (e) MAML, first
-and second order; (f) the peak memory of each.
+and second order, in both forms: one task at a time (``maml_fo``, ``maml_so``: the ``"loop"`` layout, what the usual
+MAML code does) and batched over tasks with ``torch.func`` (``maml_fo_vmap``, ``maml_so_vmap``); (f) the peak memory
+of each.
 
 Every measurement runs in a fresh subprocess, so that its peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``; on a CPU the growth of the process's peak resident set (``ru_maxrss``) over
@@ -56,7 +58,7 @@ class Job:
 
     scenario: str
     size: int
-    method: str  # anil | floor | per_task | seed | maml_fo | maml_so
+    method: str  # anil | floor | per_task | seed | maml_fo | maml_so | maml_fo_vmap | maml_so_vmap
     meta_batch_size: int
     repeats: int
     warmup: int
@@ -97,7 +99,8 @@ def build_step(job: Job, device: torch.device) -> methods.Step:
         return methods.floor_step(body, head, tasks, chunk, job.channels_last)
     if job.method in ("per_task", "seed"):
         return methods.per_task_step(body, head, tasks, first_order, job.inner_steps, job.method == "seed")
-    return methods.maml_step(body, head, tasks, job.method == "maml_fo", job.inner_steps)
+    layout = "vmap" if job.method.endswith("_vmap") else "loop"
+    return methods.maml_step(body, head, tasks, job.method.startswith("maml_fo"), job.inner_steps, layout)
 
 
 def _sync(device: torch.device) -> None:
@@ -191,7 +194,8 @@ def scenario_row(scenario: str, size: int, args: argparse.Namespace) -> dict:
 def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
     """a/b, c/a, d/a and e/a columns, and whether each scenario's a/b target is met."""
     table["a/b"] = table["anil_ms"] / table["floor_ms"]
-    for method, label in (("per_task", "c/a"), ("seed", "d/a"), ("maml_fo", "e_fo/a"), ("maml_so", "e_so/a")):
+    for method, label in (("per_task", "c/a"), ("seed", "d/a"), ("maml_fo", "e_fo/a"), ("maml_so", "e_so/a"),
+                          ("maml_fo_vmap", "e_fo_vmap/a"), ("maml_so_vmap", "e_so_vmap/a")):
         if f"{method}_ms" in table:
             table[label] = table[f"{method}_ms"] / table["anil_ms"]
     s1 = table[table.scenario == "S1"].set_index("size")["anil_ms"]
@@ -217,7 +221,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[28, 105])
     p.add_argument("--resnet-sizes", type=int, nargs="+", help="sizes for S3/S4 (default: --sizes)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    p.add_argument("--methods", nargs="+", default=["per_task", "seed", "maml_fo", "maml_so"])
+    p.add_argument("--methods", nargs="+",
+                   default=["per_task", "seed", "maml_fo", "maml_so", "maml_fo_vmap", "maml_so_vmap"],
+                   help="maml_fo/maml_so: MAML one task at a time (loop); *_vmap: batched over tasks")
     p.add_argument("--anil-layouts", nargs="*", default=[], choices=[x for x in LAYOUTS if x != "auto"],
                    help="also time ANIL with each of these feature layouts forced (columns anil_<layout>_ms)")
     p.add_argument("--meta-batch-size", type=int, default=16)
@@ -257,7 +263,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     atomic_write_json(args.out / f"{name}.json", {"meta": meta, "rows": table.to_dict(orient="records")})
     layouts = (f"anil_{x}_ms" for x in args.anil_layouts)
     columns = [c for c in ("scenario", "size", "anil_ms", *layouts, "floor_ms", "floor_setting", "a/b", "target a/b",
-                           "a/b met", "c/a", "d/a", "e_fo/a", "e_so/a", "e_so/a(S1)") if c in table]
+                           "a/b met", "c/a", "d/a", "e_fo/a", "e_so/a", "e_fo_vmap/a", "e_so_vmap/a", "e_so/a(S1)")
+               if c in table]
     print(f"\n{meta['machine']} | {meta['date']} | torch {meta['torch']}")
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     return table

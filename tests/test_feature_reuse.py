@@ -99,3 +99,17 @@ def test_feature_reuse_rejects_other_learners_and_bad_arguments(maml, pool):
         layer_cka(maml, pool, inputs="all", progress=False)
     with pytest.raises(ValueError, match="Unknown layers"):
         layer_cka(maml, pool, layers=["body.nope"], progress=False)
+
+
+def test_trained_learner_reloads_the_weights_run_scenario_trained(background28, evaluation28, tmp_path):
+    from evaluation.evaluate import evaluate
+    from evaluation.scenarios import MAML_SPEC, make_pools, run_scenario, trained_learner
+    from utils.config import PRESETS
+
+    config = PRESETS["smoke"].replace(maml_iterations=2, maml_test_inner_steps=1, test_tasks=4, seed_test_tasks=2)
+    pools = make_pools(background28, evaluation28, config)
+    record = run_scenario(MAML_SPEC, config, pools, "cpu", results_dir=tmp_path, progress=False, maml_layout="loop")
+    learner = trained_learner(MAML_SPEC, config, pools, "cpu", results_dir=tmp_path, maml_layout="vmap")
+    assert isinstance(learner, MAML) and learner.layout == "vmap"
+    again = evaluate(learner, pools.test, device="cpu", steps=1, progress=False)
+    assert again.per_task_after == pytest.approx(record.test.per_task_after, abs=1e-6)
