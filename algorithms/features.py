@@ -98,16 +98,33 @@ def _loop_features(body: nn.Module, x: Tensor) -> Tensor:
 
 def _vmap_features(body: nn.Module, x: Tensor) -> Tensor:
     """All sets in one vmapped call, each BatchNorm seeing one set. Shapes as in :func:`_loop_features`."""
-    sets = x.shape[0]
     params = dict(body.named_parameters())
-    # Each set updates its own copy of the running statistics; the copies are averaged afterwards.
-    buffers = {name: buf.unsqueeze(0).repeat(sets, *([1] * buf.dim())) for name, buf in body.named_buffers()}
+    buffers = per_set_buffers(body, x.shape[0])
     out = vmap(lambda b, xs: functional_call(body, (params, b), (xs,)), in_dims=(0, 0))(buffers, x)
-    with torch.no_grad():
-        for name, buf in body.named_buffers():
-            new = buffers[name]
-            buf.copy_(new.float().mean(0).to(buf.dtype) if buf.is_floating_point() else new.max(0).values)
+    merge_set_buffers(body, buffers)
     return out
+
+
+def per_set_buffers(module: nn.Module, sets: int) -> dict[str, Tensor]:
+    """A copy of every buffer of ``module`` per set, ``(sets, *shape)``, for :func:`torch.func.vmap` over sets.
+
+    Each set then updates its own copy of the BatchNorm running statistics; :func:`merge_set_buffers` averages
+    the copies back into ``module``.
+    """
+    return {name: buf.unsqueeze(0).repeat(sets, *([1] * buf.dim())) for name, buf in module.named_buffers()}
+
+
+def merge_set_buffers(module: nn.Module, buffers: dict[str, Tensor]) -> None:
+    """Write the mean over sets of :func:`per_set_buffers`' copies into ``module`` (counters: their maximum)."""
+    with torch.no_grad():
+        for name, buf in module.named_buffers():
+            new = buffers[name]
+            buf.copy_(_at_least_float32(new).mean(0).to(buf.dtype) if buf.is_floating_point() else new.max(0).values)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32, or float64 if it already is (BatchNorm statistics are never averaged in half precision)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def grouped_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: Tensor, sets: int) -> Tensor:
@@ -140,8 +157,10 @@ def _update_running_stats(module: nn.modules.batchnorm._BatchNorm, mean: Tensor,
         module.num_batches_tracked.add_(1)
         momentum = module.momentum if module.momentum is not None else 1.0 / module.num_batches_tracked.item()
         unbiased = var * (count / max(count - 1, 1))
-        module.running_mean.lerp_(mean.float().mean(0).flatten().to(module.running_mean.dtype), momentum)
-        module.running_var.lerp_(unbiased.float().mean(0).flatten().to(module.running_var.dtype), momentum)
+        # mul_/add_ rather than lerp_, which has no vmap batching rule (MAML's vmap layout runs this per task).
+        for running, batch in ((module.running_mean, mean), (module.running_var, unbiased)):
+            update = _at_least_float32(batch).mean(0).flatten().to(running.dtype)
+            running.mul_(1 - momentum).add_(update, alpha=momentum)
 
 
 @contextmanager

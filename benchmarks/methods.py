@@ -6,13 +6,18 @@
 (c) ``per_task``: ANIL as tutorials write it: per task, separate support and query forwards, head adaptation
     with ``torch.autograd.grad``, then backward.
 (d) ``seed``: the seed notebook's pseudocode, which re-runs the body inside every inner step.
-(e) ``maml``: MAML with all parameters adapted (:mod:`algorithms.maml`), first or second order.
+(e) ``maml``: MAML with all parameters adapted (:mod:`algorithms.maml`), first or second order, one task at a time
+    (``"loop"``, the usual MAML code) or batched over tasks with ``torch.func`` (``"vmap"``).
+
+:func:`time_steps` times a few meta-training steps of any learner, for ratios that need no full training run.
 
 Each builder takes a freshly built ``(body, head)`` and returns a zero-argument step function.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -21,7 +26,7 @@ from torch import nn
 
 from algorithms.anil import ANIL
 from algorithms.features import Layout
-from algorithms.maml import MAML
+from algorithms.maml import MAML, MAMLLayout
 from utils.tasks import TaskBatch
 
 Step = Callable[[], None]
@@ -108,8 +113,35 @@ def per_task_step(
 
 
 def maml_step(
-    body: nn.Module, head: nn.Linear, tasks: TaskBatch, first_order: bool, inner_steps: int
+    body: nn.Module, head: nn.Linear, tasks: TaskBatch, first_order: bool, inner_steps: int,
+    layout: MAMLLayout = "loop",
 ) -> Step:
-    """(e) MAML, all parameters adapted, one task at a time."""
-    maml = MAML(body, head, inner_lr=0.1, inner_steps=inner_steps, first_order=first_order)
+    """(e) MAML, all parameters adapted: one task at a time (``"loop"``) or batched over tasks (``"vmap"``)."""
+    maml = MAML(body, head, inner_lr=0.1, inner_steps=inner_steps, first_order=first_order, layout=layout)
     return lambda: maml.meta_train_step(tasks)
+
+
+def time_steps(learner: ANIL | MAML, tasks: TaskBatch, steps: int = 3, warmup: int = 1) -> float:
+    """Median wall time in seconds of one ``learner.meta_train_step(tasks)``, after ``warmup`` untimed steps.
+
+    The learner is trained by these steps: pass a throwaway copy (e.g. a freshly built learner) when its weights
+    matter. Lets the notebook time per-task (``"loop"``) MAML for a few steps instead of training it fully.
+
+    Args:
+        learner: an ANIL or MAML learner, on the device of ``tasks``.
+        tasks: one meta-batch, ``support_x (tasks, n_way * k_shot, C, H, W)`` etc.
+        steps: timed steps (>= 1).
+        warmup: untimed steps first (allocator, cuDNN autotuning, lazy layouts).
+    """
+    if not isinstance(steps, int) or steps < 1 or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"steps must be an integer >= 1 and warmup >= 0, got steps={steps!r}, warmup={warmup!r}.")
+    device = tasks.support_x.device
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        learner.meta_train_step(tasks)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)

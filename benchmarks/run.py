@@ -9,7 +9,9 @@ on off``, replayed from a CUDA graph and eager; with ``--anil-levers``, the grou
 ``torch.compile``); (b) the floor,
 searching chunk sizes {5, 30, all} and memory formats {contiguous, channels_last} and keeping the fastest; (c) a
 plain per-task ANIL loop; (d) the seed's pseudocode, which re-runs the body at every inner step; (e) MAML, first
-and second order; (f) the peak memory of each.
+and second order, in both forms: one task at a time (``maml_fo``, ``maml_so``: the ``"loop"`` layout, what the usual
+MAML code does) and batched over tasks with ``torch.func`` (``maml_fo_vmap``, ``maml_so_vmap``); (f) the peak memory
+of each.
 
 Every measurement runs in a fresh subprocess, so that its peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``; on a CPU the growth of the process's peak resident set (``ru_maxrss``) over
@@ -59,7 +61,7 @@ class Job:
 
     scenario: str
     size: int
-    method: str  # anil | floor | per_task | seed | maml_fo | maml_so
+    method: str  # anil | floor | per_task | seed | maml_fo | maml_so | maml_fo_vmap | maml_so_vmap
     meta_batch_size: int
     repeats: int
     warmup: int
@@ -104,7 +106,8 @@ def build_step(job: Job, device: torch.device) -> methods.Step:
         return methods.floor_step(body, head, tasks, chunk, job.channels_last)
     if job.method in ("per_task", "seed"):
         return methods.per_task_step(body, head, tasks, first_order, job.inner_steps, job.method == "seed")
-    return methods.maml_step(body, head, tasks, job.method == "maml_fo", job.inner_steps)
+    layout = "vmap" if job.method.endswith("_vmap") else "loop"
+    return methods.maml_step(body, head, tasks, job.method.startswith("maml_fo"), job.inner_steps, layout)
 
 
 def _sync(device: torch.device) -> None:
@@ -211,7 +214,8 @@ def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
     for mode in ("on", "off"):
         if f"anil_graph_{mode}_ms" in table:
             table[f"a/b graph {mode}"] = table[f"anil_graph_{mode}_ms"] / table["floor_ms"]
-    for method, label in (("per_task", "c/a"), ("seed", "d/a"), ("maml_fo", "e_fo/a"), ("maml_so", "e_so/a")):
+    for method, label in (("per_task", "c/a"), ("seed", "d/a"), ("maml_fo", "e_fo/a"), ("maml_so", "e_so/a"),
+                          ("maml_fo_vmap", "e_fo_vmap/a"), ("maml_so_vmap", "e_so_vmap/a")):
         if f"{method}_ms" in table:
             table[label] = table[f"{method}_ms"] / table["anil_ms"]
     s1 = table[table.scenario == "S1"].set_index("size")["anil_ms"]
@@ -237,7 +241,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[28, 105])
     p.add_argument("--resnet-sizes", type=int, nargs="+", help="sizes for S3/S4 (default: --sizes)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    p.add_argument("--methods", nargs="*", default=["per_task", "seed", "maml_fo", "maml_so"])
+    p.add_argument("--methods", nargs="*",
+                   default=["per_task", "seed", "maml_fo", "maml_so", "maml_fo_vmap", "maml_so_vmap"],
+                   help="maml_fo/maml_so: MAML one task at a time (loop); *_vmap: batched over tasks")
     p.add_argument("--anil-layouts", nargs="*", default=[], choices=[x for x in LAYOUTS if x != "auto"],
                    help="also time ANIL with each of these feature layouts forced (columns anil_<layout>_ms)")
     p.add_argument("--cuda-graph", nargs="+", default=["off"], choices=["on", "off"],
@@ -285,8 +291,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     layouts = (f"anil_{x}_ms" for x in args.anil_layouts)
     variants = [f"anil_graph_{m}_ms" for m in args.cuda_graph] + [f"anil_grouped_{x}_ms" for x in args.anil_levers]
     columns = [c for c in ("scenario", "size", "anil_ms", *layouts, *variants, "a/b graph on", "a/b graph off",
-                           "floor_ms", "floor_setting", "a/b", "target a/b",
-                           "a/b met", "c/a", "d/a", "e_fo/a", "e_so/a", "e_so/a(S1)") if c in table]
+                           "floor_ms", "floor_setting", "a/b", "target a/b", "a/b met", "c/a", "d/a", "e_fo/a",
+                           "e_so/a", "e_fo_vmap/a", "e_so_vmap/a", "e_so/a(S1)") if c in table]
     print(f"\n{meta['machine']} | {meta['date']} | torch {meta['torch']}")
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     return table

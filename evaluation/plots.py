@@ -123,3 +123,23 @@ def plot_adaptation_curves(records: Mapping[str, ScenarioRecord]) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
+
+
+def plot_layer_cka(cka: pd.DataFrame, title: str = "MAML: representation change in the inner loop") -> Figure:
+    """One bar per layer: mean linear CKA between its output before and after the inner loop, with 95% CI.
+
+    Args:
+        cka: :func:`evaluation.feature_reuse.layer_cka`'s table (index: layer names; columns ``cka``, ``ci``,
+            ``tasks``).
+        title: figure title.
+    """
+    fig = Figure(figsize=(max(6, 1.3 * len(cka)), 4.5), layout="constrained")
+    ax = fig.subplots()
+    colors = ["C2" if layer == "head" or layer.endswith(".head") else "C0" for layer in cka.index]
+    ax.bar(range(len(cka)), cka["cka"], yerr=cka["ci"], capsize=4, color=colors)
+    ax.axhline(1, color="grey", linestyle="--", linewidth=1, label="unchanged (CKA = 1)")
+    ax.set_xticks(range(len(cka)), [str(layer).removeprefix("body.") for layer in cka.index], fontsize="small")
+    tasks = int(cka["tasks"].iloc[0]) if len(cka) else 0
+    ax.set(ylabel="linear CKA, before vs after adaptation", ylim=(0, 1.05), title=f"{title} ({tasks} tasks)")
+    ax.legend(fontsize="small", loc="lower left")
+    return fig

@@ -19,14 +19,15 @@ import torch
 from torch import nn
 
 from algorithms.anil import ANIL
-from algorithms.maml import MAML
+from algorithms.maml import MAML, MAMLLayout
 from evaluation.compare import ScenarioRecord
 from evaluation.evaluate import adaptation_curve, evaluate
 from evaluation.pretrain import PRETRAIN_SOURCE, pretrain_body
-from evaluation.results import load_cached, result_key, save_result
+from evaluation.results import load_cached, result_key, result_path, save_result
 from evaluation.training import train
 from utils.config import Config
 from utils.data import OmniglotSplit, split_characters
+from utils.io import atomic_torch_save
 from utils.networks import (
     WeightsUnavailableError,
     create_anil_network,
@@ -148,10 +149,16 @@ def resolve_pretrained_body(pretrained: str, config: Config, train_images: torch
     return {k: v.cpu() for k, v in body.state_dict().items()}, PRETRAIN_SOURCE
 
 
-def make_learner(spec: ScenarioSpec, body: nn.Module, head: nn.Linear, config: Config) -> ANIL | MAML:
-    """The ANIL (or MAML) learner of a scenario, with the configuration's learning rates and steps."""
+def make_learner(spec: ScenarioSpec, body: nn.Module, head: nn.Linear, config: Config,
+                 maml_layout: MAMLLayout = "auto") -> ANIL | MAML:
+    """The ANIL (or MAML) learner of a scenario, with the configuration's learning rates and steps.
+
+    ``maml_layout``: MAML's form, ``"auto"`` (the faster per device), ``"loop"`` (per task) or ``"vmap"``
+    (batched over tasks); both forms give the same losses and gradients (``tests/test_maml.py``).
+    """
     if spec.algorithm == "maml":
-        return MAML(body, head, config.inner_lr, config.outer_lr, config.inner_steps, first_order=spec.first_order)
+        return MAML(body, head, config.inner_lr, config.outer_lr, config.inner_steps, first_order=spec.first_order,
+                    layout=maml_layout)
     return ANIL(body, head, config.inner_lr, config.outer_lr, config.inner_steps,
                 freeze_body=spec.freeze_body, first_order=spec.first_order,
                 amp_dtype=torch.bfloat16 if config.bf16_body and spec.allow_bf16 else None)
@@ -159,7 +166,8 @@ def make_learner(spec: ScenarioSpec, body: nn.Module, head: nn.Linear, config: C
 
 def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: torch.device, *,
                  results_dir: str | Path, body_state: Mapping | None = None,
-                 source: str = "random", reuse: bool = True, progress: bool = True) -> ScenarioRecord:
+                 source: str = "random", reuse: bool = True, progress: bool = True,
+                 maml_layout: MAMLLayout = "auto") -> ScenarioRecord:
     """Meta-train, evaluate and cache one scenario; a cached result of the same configuration is reused.
 
     Args:
@@ -172,15 +180,17 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
         source: pretraining source label.
         reuse: load a cached result of the identical configuration instead of training.
         progress: show progress bars.
+        maml_layout: MAML's form (:func:`make_learner`); it changes the speed, not the result, so it is not part
+            of the cache key.
     """
     iterations, test_steps = getattr(config, spec.iterations_field), getattr(config, spec.test_steps_field)
-    key = result_key(config, spec.name, spec=spec.__dict__, iterations=iterations, source=source)
+    key = _scenario_key(spec, config, source)
     cached = load_cached(results_dir, spec.name, key) if reuse else None
     if cached is not None:
         print(f"{spec.name}: loaded the cached result of this exact configuration ({results_dir}).")
         return cached
     body, head = build_network(spec.architecture, config, body_state, source)
-    learner = make_learner(spec, body.to(device), head.to(device), config)
+    learner = make_learner(spec, body.to(device), head.to(device), config, maml_layout)
     history = train(learner, pools.train, iterations, config.meta_batch_size,
                     generator=torch.Generator().manual_seed(config.seed), device=device, scenario=spec.name,
                     val_pool=pools.val, val_every=config.val_every, progress=progress,
@@ -197,4 +207,34 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
                                           progress=progress) if spec.algorithm == "anil" else None,
     )
     save_result(results_dir, record, config, spec=spec.__dict__, iterations=iterations, source=source)
+    # The trained weights, for analyses of the trained network itself (trained_learner).
+    atomic_torch_save({"body": body.state_dict(), "head": head.state_dict()},
+                      result_path(results_dir, spec.name, key).with_suffix(".pt"))
     return record
+
+
+def _scenario_key(spec: ScenarioSpec, config: Config, source: str) -> str:
+    """Cache key of a scenario's result and weights: the whole configuration, the spec and the body's source."""
+    iterations = getattr(config, spec.iterations_field)
+    return result_key(config, spec.name, spec=spec.__dict__, iterations=iterations, source=source)
+
+
+def trained_learner(spec: ScenarioSpec, config: Config, pools: TaskPools, device: torch.device, *,
+                    results_dir: str | Path, body_state: Mapping | None = None, source: str = "random",
+                    progress: bool = True, maml_layout: MAMLLayout = "auto") -> ANIL | MAML:
+    """The learner that :func:`run_scenario` trained for this exact configuration, with its trained weights.
+
+    The weights are read from ``results_dir``; when they are missing (a result cached before weights were kept),
+    the scenario is trained again with :func:`run_scenario` (``reuse=False``), which saves them. Arguments as in
+    :func:`run_scenario`; ``maml_layout`` as in :func:`make_learner` (it changes speed, not results).
+    """
+    path = result_path(results_dir, spec.name, _scenario_key(spec, config, source)).with_suffix(".pt")
+    if not path.exists():
+        print(f"{spec.name}: no trained weights saved for this configuration in {results_dir}; training it again.")
+        run_scenario(spec, config, pools, device, results_dir=results_dir, body_state=body_state, source=source,
+                     reuse=False, progress=progress, maml_layout=maml_layout)
+    weights = torch.load(path, map_location=device, weights_only=True)
+    body, head = build_network(spec.architecture, config, None, source)
+    body.load_state_dict(weights["body"])
+    head.load_state_dict(weights["head"])
+    return make_learner(spec, body.to(device), head.to(device), config, maml_layout)

@@ -11,6 +11,8 @@ def test_tiny_benchmark_prints_and_writes_its_table(tmp_path, capsys):
     table = main(["--tiny", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert {"a/b", "c/a", "d/a", "e_fo/a", "e_so/a", "floor_setting", "a/b met"} <= set(table.columns)
+    assert {"e_fo_vmap/a", "e_so_vmap/a"} <= set(table.columns)  # MAML in both forms: loop and vmap
+    assert (table["maml_so_vmap_ms"] > 0).all() and (table["maml_so_ms"] > 0).all()
     assert list(table.scenario) == ["S1", "S2"]
     assert (table["anil_ms"] > 0).all() and (table["floor_ms"] > 0).all()
     assert (table["anil_grouped_ms"] > 0).all()  # the tiny mode also times the grouped layout
