@@ -209,7 +209,8 @@ def format_seed_vs_run(table: pd.DataFrame) -> pd.DataFrame:
 def _accuracy_sentence(name: str, r: ScenarioRecord) -> str:
     """Whether the seed's accuracy of ``name`` lies within this run's 95% CI on the standard pool."""
     seed, acc, ci = SEED_REPORTED["accuracy_after_percent"][name], 100 * r.test.acc_after, 100 * r.test.ci_after
-    on_seed_tasks = "" if r.test_seed is None else f", {100 * r.test_seed.acc_after:.1f}% on the seed's 100 tasks"
+    on_seed_tasks = "" if r.test_seed is None else (
+        f", {100 * r.test_seed.acc_after:.1f}% on the {r.test_seed.num_tasks:,} tasks drawn like the seed's test set")
     if abs(acc - seed) <= ci:
         verdict = "**agrees**: the seed's figure lies within this run's 95% CI"
     else:

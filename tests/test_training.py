@@ -184,7 +184,7 @@ def test_pretrain_body_learns_caches_and_reloads(background28, tmp_path, capsys)
     generator, again_generator = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     trained = pretrain(images, 2, tmp_path, generator=generator)
     assert trained.pretrained_source == PRETRAIN_SOURCE
-    assert trained.pretrain_stats["accuracy"] > 0.5  # chance is 0.2 over 5 characters
+    assert trained.pretrain_stats["train_accuracy"] > 0.5  # chance is 0.2 over 5 characters
     assert "Pre-trained the conv4 body" in capsys.readouterr().out
     assert len(list(tmp_path.glob("pretrained_conv4_*.pt"))) == 1
     reloaded = pretrain(images, 2, tmp_path, generator=again_generator)
