@@ -1,10 +1,13 @@
-"""Train the four scenarios (and MAML) with the seed preset, headless, and print the comparison table.
+"""Train the four scenarios (and MAML) with a GPU preset, headless, and print both comparison tables.
 
 This is the notebook's pipeline without the notebook (ANIL: Raghu et al., ICLR 2020, arXiv:1909.09157), for a
 GPU machine without Jupyter: same ``run_scenario``, same pools, same caching. It reports iterations per second,
-peak memory and accuracy with the device's name, and writes ``results/seed_preset_comparison.{csv,json}``::
+peak memory and accuracy with the device's name, the seed notebook's reported figures beside this run's
+(:mod:`evaluation.seed_reference`), and the total wall time; it writes
+``results/<preset>_preset_comparison.{csv,json}`` and ``results/<preset>_seed_vs_run.{csv,json}``::
 
-    python -m benchmarks.seed_preset --data-root data --preset seed [--maml-iterations 200]
+    python -m benchmarks.seed_preset --data-root data --preset seed   # the seed's protocol, 125 iterations
+    python -m benchmarks.seed_preset --data-root data --preset gpu    # 1,000 iterations per scenario
 """
 
 from __future__ import annotations
@@ -16,24 +19,40 @@ from pathlib import Path
 import pandas as pd
 
 from evaluation.compare import comparison_table, format_table
+from evaluation.resources import device_name
 from evaluation.results import save_table
 from evaluation.scenarios import (
     ANIL_AT_MAML_BUDGET,
     MAML_SPEC,
     SCENARIOS,
+    load_pretrained_body,
     make_pools,
-    resolve_pretrained_body,
     run_scenario,
 )
-from utils.config import pick_device, resolve_config
+from evaluation.seed_reference import format_seed_vs_run, seed_agreement_markdown, seed_vs_run_table
+from utils.config import PRESETS, pick_device, resolve_config
 from utils.data import load_omniglot
+
+
+def _flat_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``(S1, "this run")`` columns as ``"S1: this run"``, which CSV and JSON hold unambiguously."""
+    flat = table.copy()
+    flat.columns = [f"{name}: {side}" for name, side in table.columns]
+    flat.attrs = dict(table.attrs)
+    flat.attrs["notes"] = [table.attrs["caption"], *table.attrs.get("notes", [])]
+    return flat
+
+
+def _print(table: pd.DataFrame) -> None:
+    with pd.option_context("display.max_rows", 100, "display.width", 250, "display.max_colwidth", 40):
+        print(table.to_string())
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="data")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--preset", default="seed")
+    p.add_argument("--preset", default="seed", choices=["auto", *PRESETS])
     p.add_argument("--pretrained", default="imagenet")
     p.add_argument("--maml-iterations", type=int, default=None)
     p.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -44,14 +63,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     splits = [load_omniglot(args.data_root, s, config.image_size, download=True, cache_dir=args.cache_dir,
                             progress=False) for s in ("background", "evaluation")]
     pools = make_pools(*splits, config)
-    state, source = resolve_pretrained_body(args.pretrained, config, pools.train_images, device,
-                                            args.results_dir / "pretrained", progress=False)
+    body = load_pretrained_body(args.pretrained, config, pools.train_images, device,
+                                args.results_dir / "pretrained", progress=False)
+    print(f"S3/S4 body: ResNet18, pretrained on: {body.source}", flush=True)
     records = {}
     for name, spec in SCENARIOS.items():
         resnet = spec.architecture == "resnet18"
         records[name] = run_scenario(
             spec, config, pools, device, results_dir=args.results_dir, progress=False, reuse=False,
-            body_state=state if resnet else None, source=source if resnet else "random")
+            body_state=body.state_dict if resnet else None, source=body.source if resnet else "random")
         print(f"{name}: {records[name].train.iterations_per_s:.2f} it/s, peak {records[name].train.peak_memory_mb:.0f}"
               f" MB, accuracy {records[name].test.acc_after:.4f} ± {records[name].test.ci_after:.4f}", flush=True)
     if config.maml_iterations:
@@ -60,9 +80,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                                               progress=False, reuse=False)
     table = comparison_table(records)
     save_table(table, args.results_dir, f"{config.preset}_preset_comparison")
-    with pd.option_context("display.max_rows", 100, "display.width", 250, "display.max_colwidth", 40):
-        print(format_table(table).to_string())
-    print(f"Total wall time {time.perf_counter() - started:.0f} s, preset {config.preset!r}, device {device}.")
+    _print(format_table(table))
+    label = device_name(device)
+    versus = seed_vs_run_table(records, config, label)
+    save_table(_flat_columns(versus), args.results_dir, f"{config.preset}_seed_vs_run")
+    print(f"\n{versus.attrs['caption']}")
+    _print(format_seed_vs_run(versus))
+    print(f"\n{seed_agreement_markdown(records, config, label)}\n")
+    print(f"Total wall time {time.perf_counter() - started:.0f} s, preset {config.preset!r}, device {label}.")
     return table
 
 

@@ -22,7 +22,7 @@ from algorithms.anil import ANIL
 from algorithms.maml import MAML, MAMLLayout
 from evaluation.compare import ScenarioRecord
 from evaluation.evaluate import adaptation_curve, evaluate
-from evaluation.pretrain import PRETRAIN_SOURCE, pretrain_body
+from evaluation.pretrain import pretrain_body, spread_characters
 from evaluation.results import load_cached, result_key, result_path, save_result
 from evaluation.training import train
 from utils.config import Config
@@ -117,36 +117,68 @@ def build_network(arch: str, config: Config, body_state: Mapping[str, torch.Tens
     return body, head
 
 
-def resolve_pretrained_body(pretrained: str, config: Config, train_images: torch.Tensor, device: torch.device,
-                            cache_dir: str | Path, progress: bool = True) -> tuple[dict, str]:
-    """The ResNet18 body weights for S3/S4 and where they come from.
+@dataclass(frozen=True)
+class PretrainedBody:
+    """The S3/S4 body weights, where they come from and, when pre-trained here, how well."""
+
+    state_dict: dict[str, torch.Tensor]  # ResNet18 body weights, on the CPU
+    source: str  # labels every table and plot, e.g. "Omniglot background, supervised (held-out drawings 87.3%)"
+    stats: dict | None = None  # evaluation.pretrain's pretrain_stats; None for ImageNet or random weights
+
+
+def pretrain_amp_dtype(config: Config, device: torch.device) -> str | None:
+    """Autocast dtype of the supervised pre-training: bfloat16 where the hardware has native bfloat16 matrix units.
+
+    A GPU's tensor cores, or a CPU with AMX when ``config.bf16_body`` asks for it; elsewhere (e.g. AVX2-only CPUs,
+    where bfloat16 is emulated and slower) float32. The pre-training's precision is not part of any seed protocol.
+    """
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else None
+    # torch.cpu._is_amx_tile_supported is private but is the only way to ask whether bfloat16 matmuls are native.
+    amx = device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bfloat16" if config.bf16_body and amx else None
+
+
+def load_pretrained_body(pretrained: str, config: Config, train_images: torch.Tensor, device: torch.device,
+                         cache_dir: str | Path, progress: bool = True) -> PretrainedBody:
+    """The ResNet18 body weights for S3/S4, their source and (when pre-trained on Omniglot) ``pretrain_stats``.
 
     Args:
         pretrained: ``"imagenet"``, a path to torchvision's ``resnet18-f37072fd.pth``, ``"omniglot"`` (supervised
-            pre-training on the background characters) or ``"none"``.
-        config: run configuration (seed, image size, pre-training epochs).
-        train_images: uint8 background training characters ``(characters, 20, H, W)``.
+            pre-training on the background characters, see :mod:`evaluation.pretrain`) or ``"none"``.
+        config: run configuration (seed, image size, ``pretrain_*`` fields).
+        train_images: uint8 background training characters ``(characters, 20, H, W)`` (validation ones excluded).
         device: where pre-training runs.
         cache_dir: folder for the cached pre-trained body.
-
-    Returns:
-        ``(body_state_dict, source)``; ``source`` labels every table and plot.
+        progress: show progress bars.
     """
     if pretrained not in ("omniglot", "none"):
         try:
             body, _ = create_pretrained_resnet_body(config.n_way, pretrained=pretrained)
-            return body.state_dict(), body.pretrained_source
+            return PretrainedBody(body.state_dict(), body.pretrained_source)
         except WeightsUnavailableError as err:
             print(f"NOTICE: ImageNet weights are unavailable, so S3/S4 use a body pretrained on the Omniglot "
                   f"background characters instead.\n  Reason: {str(err).splitlines()[0]}")
     body, _ = build_network("resnet18", config)
     if pretrained == "none":
-        return body.state_dict(), "random"
-    images = train_images[: config.pretrain_characters or None]
+        return PretrainedBody(body.state_dict(), "random")
+    images = train_images[spread_characters(len(train_images), config.pretrain_characters)]
     body = pretrain_body(body.to(device), images, config.pretrain_epochs,
                          generator=torch.Generator().manual_seed(config.seed), device=device,
-                         cache_dir=cache_dir, progress=progress)
-    return {k: v.cpu() for k, v in body.state_dict().items()}, PRETRAIN_SOURCE
+                         batch_size=config.pretrain_batch_size, lr=config.pretrain_lr,
+                         amp_dtype=pretrain_amp_dtype(config, device), cache_dir=cache_dir, progress=progress)
+    return PretrainedBody({k: v.cpu() for k, v in body.state_dict().items()}, body.pretrained_source,
+                          body.pretrain_stats)
+
+
+def resolve_pretrained_body(pretrained: str, config: Config, train_images: torch.Tensor, device: torch.device,
+                            cache_dir: str | Path, progress: bool = True) -> tuple[dict, str]:
+    """``(body_state_dict, source)`` of :func:`load_pretrained_body`, for callers that need no statistics.
+
+    The held-out accuracy of an Omniglot pre-training is printed, and carried in ``source``.
+    """
+    loaded = load_pretrained_body(pretrained, config, train_images, device, cache_dir, progress)
+    return loaded.state_dict, loaded.source
 
 
 def make_learner(spec: ScenarioSpec, body: nn.Module, head: nn.Linear, config: Config,
