@@ -37,7 +37,7 @@ def pct(value: float) -> str:
 
 
 def paired_clause(name_a: str, name_b: str, a: Sequence[float], b: Sequence[float]) -> tuple[str, float, bool]:
-    """``"S2 − S1 = +1.3 ± 0.9 points (paired 95% CI, 600 tasks)"``, the mean difference, and whether the
+    """``"S2 − S1 = +1.3 ± 0.9 points, paired 95% CI over 600 tasks"``, the mean difference, and whether the
     interval excludes 0.
 
     Args:
@@ -48,7 +48,7 @@ def paired_clause(name_a: str, name_b: str, a: Sequence[float], b: Sequence[floa
     """
     mean, half = paired_difference(a, b)
     distinguishable = abs(mean) > half  # a NaN half-width (one task) compares False: never distinguishable
-    text = f"{name_a} − {name_b} = {100 * mean:+.1f} ± {100 * half:.1f} points (paired 95% CI, {len(a):,} tasks)"
+    text = f"{name_a} − {name_b} = {100 * mean:+.1f} ± {100 * half:.1f} points, paired 95% CI over {len(a):,} tasks"
     return text, mean, distinguishable
 
 
@@ -101,8 +101,8 @@ def _most_accurate(records: Mapping[str, ScenarioRecord]) -> str:
     if not ties:
         return head + f", ahead of every other scenario: {'; '.join(behind)}."
     return (
-        head + f", but it is {NOT_DISTINGUISHABLE} from {'; '.join(ties)}: the intervals contain 0, so these "
-        f"tests do not separate them." + (f" Ahead of: {'; '.join(behind)}." if behind else "")
+        head + f", but it is {NOT_DISTINGUISHABLE} from {'; '.join(ties)}: the paired intervals contain 0, so "
+        f"these tests do not separate them." + (f" Ahead of: {'; '.join(behind)}." if behind else "")
     )
 
 
@@ -204,21 +204,20 @@ def curve_summary(records: Mapping[str, ScenarioRecord]) -> str:
         )
     if lines:
         lines.append(
-            "\nHow fast the curve rises says how the *head* is set up, not how good the body's features are: the "
-            "first step's effect depends on the head's learnt initialisation and on the inner learning rate (a "
-            "large initial head whose logits must first be overcome moves little in one step; a small one "
-            "becomes a prototype classifier after one step). Whether the features carry the accuracy is what "
-            "NIL, which has no head at all, measures."
+            "\nHow fast the curve rises says how the *head* is set up, not how good the body's features are: what "
+            "one step achieves depends on the head's learnt initialisation and on the inner learning rate, which "
+            "differ between scenarios (from a zero head, one step is already a prototype classifier). Whether "
+            "the features carry the accuracy is what NIL, which has no head at all, measures."
         )
     return "\n".join(lines)
 
 
 def _speed_sentence(name: str, speedup: float) -> str:
-    saving = 1 - 1 / speedup
     relation = "above" if speedup > PAPER_SPEEDUP else "below" if speedup < PAPER_SPEEDUP else "equal to"
+    saving = f"a saving of {pct(1 - 1 / speedup)}" if speedup >= 1 else "so ANIL is the slower one here"
     return (
-        f"{name}: **{speedup:.2f}x** (ANIL's outer iteration takes {pct(1 / speedup)} of MAML's time, a saving of "
-        f"{pct(saving)}; {relation} the paper's {PAPER_SPEEDUP}x, a saving of about {pct(1 - 1 / PAPER_SPEEDUP)})"
+        f"{name}: **{speedup:.2f}x** (ANIL's outer iteration takes {pct(1 / speedup)} of MAML's time, {saving}; "
+        f"{relation} the paper's {PAPER_SPEEDUP}x, a saving of about {100 * (1 - 1 / PAPER_SPEEDUP):.0f}%)"
     )
 
 
