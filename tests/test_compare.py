@@ -16,6 +16,7 @@ import warnings
 
 import pandas as pd
 import pytest
+import torch
 from evaluation_support import fake_eval, fake_record, fake_train, make_anil, make_pool, run
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -318,3 +319,32 @@ def test_equal_budget_points_at_equal_iterations_and_equal_time():
     assert equal_budget_points(untimed, s2)["time"] is None
     assert equal_budget_points(untimed, s2)["iterations"][0].per_task is None
     assert equal_budget_points(fake_train([1.0], [0.5]), s2) == {"iterations": None, "time": None}
+
+
+def test_untrained_body_adapts_a_zero_head_and_the_frozen_batchnorm_ablation_trains_only_the_head(evaluation28):
+    from algorithms.anil import ANIL
+    from evaluation.scenarios import ABLATIONS, build_network, evaluate_untrained_head, make_learner
+
+    config = PRESETS["smoke"].replace(test_inner_steps=3)
+    pool = make_pool(evaluation28, 6, seed=2)
+    body, _ = build_network("conv4", config)
+    state = {k: v.clone() for k, v in body.state_dict().items()}
+    result = evaluate_untrained_head(state, "random", config, pool, "cpu", architecture="conv4", progress=False)
+    assert result.per_task_before == pytest.approx([0.2] * 6)  # equal logits: class 0, 1 query in 5
+    assert result.steps == 3 and result.nil_acc is not None and result.per_task_nil is not None
+    reference_body, head = build_network("conv4", config, state)
+    head.weight.data.zero_()
+    head.bias.data.zero_()
+    learner = ANIL(reference_body, head, config.inner_lr, inner_steps=config.inner_steps)
+    expected = []
+    for i in range(len(pool)):
+        support_x, support_y, query_x, query_y = pool.batch([i])
+        with torch.no_grad():
+            logits = learner.predict(query_x, learner.adapt(support_x, support_y, steps=3))
+        expected.append((logits.argmax(-1) == query_y).float().mean().item())
+    assert result.per_task_after == pytest.approx(expected, abs=1e-6)
+
+    spec = ABLATIONS["S4 (BatchNorm frozen)"]
+    ablation = make_learner(spec, *build_network(spec.architecture, config), config)
+    assert ablation.trainable_parameters() == list(ablation.head.parameters())
+    assert parameter_table(ablation.body, ablation.head)["trainable"] == 2565  # ResNet18's 5-way head only
