@@ -42,7 +42,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from algorithms.anil import ANIL, HeadParams, head_logits, inner_loop, validate_tasks
-from algorithms.nil import nil_logits
+from algorithms.nil import nil_logits, nil_scores_from_features
 from evaluation.serialise import dataclass_kwargs
 from utils.tasks import TaskBatch, TaskPool
 
@@ -150,17 +150,30 @@ def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(-1) == labels).float().mean(1)
 
 
-def _anil_accuracies(anil: ANIL, batch: TaskBatch, steps: Sequence[int]) -> Tensor:
+def _anil_features(anil: ANIL, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+    """Support and query features ``(tasks, n, features)`` of a validated batch, evaluation BatchNorm policy."""
+    validate_tasks(*batch, anil.head.out_features, anil.body)
+    return anil.features(batch.support_x, False), anil.features(batch.query_x, False)
+
+
+def _anil_accuracies(
+    anil: ANIL, batch: TaskBatch, steps: Sequence[int], features: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """ANIL query accuracy after each number of inner steps, reusing the body's features.
 
     Identical to ``anil.predict(query_x, anil.adapt(support_x, support_y, steps=s))`` for every ``s``: the
     body runs once per set and the inner loop continues from the previous step count instead of restarting.
 
+    Args:
+        anil: the learner.
+        batch: the tasks.
+        steps: inner step counts.
+        features: the batch's ``(support, query)`` features when already computed (:func:`_anil_features`).
+
     Returns:
         ``(len(steps), tasks)`` accuracies.
     """
-    validate_tasks(*batch, anil.head.out_features, anil.body)
-    support, query = anil.features(batch.support_x, False), anil.features(batch.query_x, False)
+    support, query = _anil_features(anil, batch) if features is None else features
     fast, done, by_steps = HeadParams(anil.head.weight, anil.head.bias), 0, {}
     for target in sorted(set(steps)):
         fast = inner_loop(support, batch.support_y, fast, target - done, anil.inner_lr, first_order=True)
@@ -219,9 +232,15 @@ def per_task_accuracies(
     with torch.no_grad():
         for start in tqdm(starts, desc="Evaluating", unit="batch", disable=not progress, leave=False):
             batch = pool.batch(slice(start, start + batch_size), device)
-            accs.append(accuracies_by_steps(learner, batch, steps).cpu())
-            if nil:
-                nils.append(_accuracy(nil_logits(learner, *batch[:3]), batch.query_y).cpu())
+            if isinstance(learner, ANIL):  # one body forward per set serves both ANIL and NIL
+                support, query = features = _anil_features(learner, batch)
+                accs.append(_anil_accuracies(learner, batch, steps, features).cpu())
+                scores = nil_scores_from_features(support, batch.support_y, query, pool.n_way) if nil else None
+            else:
+                accs.append(accuracies_by_steps(learner, batch, steps).cpu())
+                scores = nil_logits(learner, *batch[:3]) if nil else None
+            if scores is not None:
+                nils.append(_accuracy(scores, batch.query_y).cpu())
     return torch.cat(accs, dim=1), torch.cat(nils) if nil else None
 
 

@@ -7,8 +7,9 @@ builds the network, meta-trains it on the shared task pool, evaluates it on the 
 caches the result under a key of the whole configuration, so one function serves every scenario.
 
 Ablations (:data:`ABLATIONS`, :func:`evaluate_untrained_head`) isolate what each ingredient buys: S4 with its
-BatchNorm frozen too (only the head's initialisation is learnt), and the pretrained body with no meta-training at
-all, its head adapted from zero or replaced by NIL.
+BatchNorm frozen too (only the head's initialisation is learnt), S2 trained for S1's number of iterations (an
+equal-budget S1/S2 comparison on the test tasks), and the pretrained body with no meta-training at all, its head
+adapted from zero or replaced by NIL.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ ABLATIONS: dict[str, ScenarioSpec] = {
     "S4 (BatchNorm frozen)": ScenarioSpec("S4 (BatchNorm frozen)", "ResNet18, whole body frozen", "resnet18",
                                          first_order=True, freeze_body=True, freeze_batchnorm=True,
                                          iterations_field="resnet_iterations"),
+    # S1 against S2 at an equal number of iterations, on the test tasks (S2's own run usually trains longer).
+    "S2 (S1's iterations)": ScenarioSpec("S2 (S1's iterations)", "conv4, first order, S1's budget", "conv4",
+                                        first_order=True, freeze_body=False, iterations_field="s1_iterations"),
 }
 ANIL_AT_MAML_BUDGET = ScenarioSpec("ANIL (MAML budget)", "conv4 ANIL, second order", "conv4",
                                    first_order=False, freeze_body=False, iterations_field="maml_iterations",
