@@ -131,7 +131,7 @@ def first_vs_second_order(s1: ScenarioRecord, s2: ScenarioRecord) -> str:
         f" The budgets differ: S1 trained for {t1.iterations_done:,} iterations ({t1.wall_time_s:,.0f} s) and S2 "
         f"for {t2.iterations_done:,} ({t2.wall_time_s:,.0f} s), {t2.iterations_done / t1.iterations_done:.1f}x "
         f"the iterations and {t2.wall_time_s / t1.wall_time_s:.1f}x the training time, so this is not a comparison "
-        "of the gradient's order alone; the equal-budget comparison below is."
+        "of the gradient's order alone; the equal-budget comparison of the validation curves is."
     )
 
 
