@@ -1,8 +1,9 @@
 """NIL, "No Inner Loop": test-time classification without any head (Raghu et al., ICLR 2020, arXiv:1909.09157).
 
-The ANIL paper asks how much of MAML's test-time accuracy comes from the inner loop at all. Its section 5.1,
-"The NIL (No Inner Loop) algorithm", reads (OpenReview/ICLR 2020 text; reference (37) there is Vinyals et al.,
-"Matching Networks for One Shot Learning", NeurIPS 2016):
+The ANIL paper asks how much of MAML's test-time accuracy comes from the inner loop at all. Its section 5.1
+("The head and the NIL (No Inner Loop) algorithm") reads, in the ICLR 2020 double-blind submission text (quoted
+from a public copy of that version; its numbered reference (37) is Vinyals et al., "Matching Networks for One
+Shot Learning", NeurIPS 2016):
 
     1. Train a few-shot learning model with ANIL/MAML algorithm as standard. We use ANIL training.
     2. At test time, remove the head of the trained model. For each task, first pass the k labelled examples
