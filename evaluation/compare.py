@@ -114,10 +114,15 @@ class ScenarioRecord:
         return cls(**kwargs)
 
 
-def training_accuracy(train: TrainResult) -> float:
-    """Mean training query accuracy over the last :data:`TRAIN_ACC_WINDOW` of iterations (at least one)."""
+def training_accuracy(train: TrainResult, end: Literal["first", "last"] = "last") -> float:
+    """Mean training query accuracy over the first or last :data:`TRAIN_ACC_WINDOW` of iterations (at least one).
+
+    A falling training accuracy (first above last) means training hurts the model, e.g. a pretrained body
+    damaged by a too-large outer step; it is not meta-overfitting, which needs training above test accuracy.
+    """
     window = max(1, round(len(train.accs) * TRAIN_ACC_WINDOW))
-    return sum(train.accs[-window:]) / window if train.accs else float("nan")
+    values = train.accs[:window] if end == "first" else train.accs[-window:]
+    return sum(values) / window if train.accs else float("nan")
 
 
 def smoothed_loss(losses: Sequence[float], end: Literal["first", "last"], window: float = LOSS_WINDOW) -> float:
@@ -189,6 +194,7 @@ BASE_ROWS: dict[str, tuple[Getter, str]] = {
     f"Loss: final (mean of last {LOSS_WINDOW:.0%})": (lambda r: smoothed_loss(r.train.losses, "last"), ".3f"),
     "Loss: best (minimum)": (lambda r: min(r.train.losses), ".3f"),
     "Loss: maximum": (lambda r: max(r.train.losses), ".3f"),
+    "Training accuracy (first 10% of iterations)": (lambda r: training_accuracy(r.train, "first"), ".3f"),
     "Training accuracy (last 10% of iterations)": (lambda r: training_accuracy(r.train), ".3f"),
     "Training time (s)": (lambda r: r.train.wall_time_s, ",.1f"),
     "Iterations/s": (lambda r: r.train.iterations_per_s, ".2f"),

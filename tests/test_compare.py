@@ -153,6 +153,8 @@ def test_ranks_ratios_and_overfitting_flag_on_hand_made_records():
     assert table.loc["Speed-up vs reference (it/s ratio)"].tolist() == pytest.approx([2.0, 4.0, 1.0])
     assert table.loc["Memory vs reference (ratio, CUDA only)"].tolist() == pytest.approx([0.5, 0.25, 1.0])
     assert training_accuracy(records["B"].train) == 0.95  # last 10% of 2 iterations: the last one
+    assert training_accuracy(records["B"].train, "first") == 0.9
+    assert table.loc["Training accuracy (first 10% of iterations)"].tolist() == [0.5, 0.9, 0.6]
     with pytest.raises(ValueError, match="reference 'S9'"):
         comparison_table(records, reference="S9")
 
