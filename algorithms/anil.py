@@ -19,7 +19,8 @@ Semantics (tested against a plain per-task loop in ``tests/test_anil.py``):
   accuracy after adaptation.
 * **Freezing the body.** ``freeze_body=True`` gives every body weight except BatchNorm's ``requires_grad=False``;
   BatchNorm's affine parameters stay trainable and BatchNorm stays in batch-statistics mode; Dropout is off.
-  Without trainable BatchNorm a frozen body cannot adapt its features to Omniglot at all.
+  Without trainable BatchNorm (``freeze_batchnorm=True``, an ablation) the outer loop cannot change the frozen
+  body's features at all; only the head's initialisation is learnt.
 * **BatchNorm.** Training normalises each task's support set and each query set with its own statistics, exactly
   as if every set were forwarded alone in train mode (as in the MAML and ANIL reference code); tasks never share
   statistics. Evaluation uses the same policy by default; ``eval_bn="running"`` uses running statistics instead.
@@ -119,6 +120,8 @@ class ANIL:
         outer_lr: Adam learning rate of the outer loop.
         inner_steps: inner SGD steps (``0`` disables adaptation).
         freeze_body: train only BatchNorm affine parameters of the body (and the head).
+        freeze_batchnorm: with ``freeze_body``, freeze the BatchNorm affine parameters too, so that only the
+            head is trained (an ablation; BatchNorm still normalises each set with its own statistics).
         first_order: detach inner gradients.
         layout: feature layout, ``"auto"`` picks per device (:func:`algorithms.features.resolve_layout`).
         task_chunk: tasks per forward/backward in :meth:`meta_train_step` (gradients are accumulated over
@@ -152,17 +155,20 @@ class ANIL:
         cuda_graph: GraphMode = "auto",
         channels_last: bool = False,
         compile_body: bool = False,
+        freeze_batchnorm: bool = False,
     ) -> None:
         if not isinstance(head, nn.Linear):
             raise ValueError(f"head must be an nn.Linear, got {type(head).__name__}.")
+        if freeze_batchnorm and not freeze_body:
+            raise ValueError("freeze_batchnorm=True needs freeze_body=True (it freezes the whole body).")
         if not isinstance(inner_steps, int) or inner_steps < 0:
             raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}.")
         self.body, self.head = body, head
         self.inner_lr, self.outer_lr = _check_lr("inner_lr", inner_lr), _check_lr("outer_lr", outer_lr)
         self.inner_steps, self.first_order, self.freeze_body = inner_steps, first_order, freeze_body
-        self.eval_bn, self.amp_dtype = eval_bn, amp_dtype
+        self.eval_bn, self.amp_dtype, self.freeze_batchnorm = eval_bn, amp_dtype, freeze_batchnorm
         if freeze_body:
-            freeze_body_weights(body)
+            freeze_body_weights(body, train_batchnorm=not freeze_batchnorm)
         self.device = head.weight.device
         # Resolved on the first meta-batch, once the image size is known.
         resolve_layout(layout, self.device)  # validates the name now

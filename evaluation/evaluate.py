@@ -11,8 +11,18 @@ Confidence interval: ``mean ± 1.96 · s / √n`` over the ``n`` per-task accura
 standard deviation (``ddof=1``). 1.96 is the normal quantile; for the seed's 100 tasks Student's t would give
 1.984, 1% wider. The field's standard is ``n >= 600`` tasks.
 
-NIL ("No Inner Loop", :mod:`algorithms.nil`) classifies the same queries by cosine similarity to the support
-features, without any head; it is available for ANIL learners.
+Paired differences (:func:`paired_difference`): two methods evaluated on the *same* tasks are compared by the
+mean of their per-task differences, ``mean(a - b) ± 1.96 · s_d / √n`` with ``s_d`` the sample standard deviation
+of the differences. Pairing removes the variation between tasks that both methods share (a hard task is hard for
+both), so the interval is usually much narrower than the two separate intervals suggest. When it contains 0 the
+two methods are not distinguishable on these tasks.
+
+NIL ("No Inner Loop", :mod:`algorithms.nil`) classifies the same queries by the cosine similarities of their
+features to the support features, without any head; it needs a learner with a ``features`` method (ANIL).
+
+The accuracy at the *training* number of inner steps (``acc_at_train_steps``) is measured alongside when it costs
+no extra body forward (ANIL, whose inner loop continues from the features), so that a training accuracy can be
+compared with a test accuracy after the same number of steps.
 
 Everything runs under ``torch.no_grad``: ANIL's inner loop uses the closed-form head gradient, and MAML's
 ``adapt`` re-enables autograd for itself.
@@ -32,7 +42,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from algorithms.anil import ANIL, HeadParams, head_logits, inner_loop, validate_tasks
-from algorithms.nil import nil_logits
+from algorithms.nil import nil_logits, nil_scores_from_features
 from evaluation.serialise import dataclass_kwargs
 from utils.tasks import TaskBatch, TaskPool
 
@@ -59,6 +69,9 @@ class EvalResult:
         nil_ci: 95% CI half-width of ``nil_acc``.
         per_task_nil: NIL accuracy of every task.
         eval_time_s: wall time of the evaluation.
+        train_steps: inner steps of meta-training (``learner.inner_steps``), ``None`` when not measured.
+        acc_at_train_steps: mean query accuracy after ``train_steps`` inner steps, ``None`` when not measured.
+        ci_at_train_steps: 95% CI half-width of ``acc_at_train_steps``.
     """
 
     num_tasks: int
@@ -76,6 +89,9 @@ class EvalResult:
     nil_ci: float | None = None
     per_task_nil: list[float] | None = None
     eval_time_s: float = 0.0
+    train_steps: int | None = None
+    acc_at_train_steps: float | None = None
+    ci_at_train_steps: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dictionary."""
@@ -105,22 +121,59 @@ def confidence_interval(per_task_acc: Sequence[float] | Tensor) -> tuple[float, 
     return mean, Z_95 * values.std(correction=1).item() / math.sqrt(values.numel())
 
 
+def paired_difference(a: Sequence[float] | Tensor, b: Sequence[float] | Tensor) -> tuple[float, float]:
+    """Mean per-task difference ``a - b`` and its paired 95% CI half-width, for two methods on the same tasks.
+
+    Args:
+        a: ``(n,)`` per-task accuracies of the first method.
+        b: ``(n,)`` per-task accuracies of the second method, on the same tasks in the same order.
+
+    Returns:
+        ``(mean, half_width)`` with ``half_width = 1.96 · s_d / √n`` (``s_d``: sample std of ``a - b``);
+        the interval ``mean ± half_width`` containing 0 means "not distinguishable".
+
+    Raises:
+        ValueError: the lengths differ (then the tasks cannot be the same), or there are no tasks.
+    """
+    a = torch.as_tensor(a, dtype=torch.float64).flatten()
+    b = torch.as_tensor(b, dtype=torch.float64).flatten()
+    if a.numel() != b.numel():
+        raise ValueError(
+            f"paired_difference needs per-task accuracies on the same tasks, got {a.numel()} and {b.numel()} "
+            "values; evaluate both methods on the same task pool."
+        )
+    return confidence_interval(a - b)
+
+
 def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-task accuracy ``(tasks,)`` of logits ``(tasks, n, n_way)`` against labels ``(tasks, n)``."""
     return (logits.argmax(-1) == labels).float().mean(1)
 
 
-def _anil_accuracies(anil: ANIL, batch: TaskBatch, steps: Sequence[int]) -> Tensor:
+def _anil_features(anil: ANIL, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+    """Support and query features ``(tasks, n, features)`` of a validated batch, evaluation BatchNorm policy."""
+    validate_tasks(*batch, anil.head.out_features, anil.body)
+    return anil.features(batch.support_x, False), anil.features(batch.query_x, False)
+
+
+def _anil_accuracies(
+    anil: ANIL, batch: TaskBatch, steps: Sequence[int], features: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """ANIL query accuracy after each number of inner steps, reusing the body's features.
 
     Identical to ``anil.predict(query_x, anil.adapt(support_x, support_y, steps=s))`` for every ``s``: the
     body runs once per set and the inner loop continues from the previous step count instead of restarting.
 
+    Args:
+        anil: the learner.
+        batch: the tasks.
+        steps: inner step counts.
+        features: the batch's ``(support, query)`` features when already computed (:func:`_anil_features`).
+
     Returns:
         ``(len(steps), tasks)`` accuracies.
     """
-    validate_tasks(*batch, anil.head.out_features, anil.body)
-    support, query = anil.features(batch.support_x, False), anil.features(batch.query_x, False)
+    support, query = _anil_features(anil, batch) if features is None else features
     fast, done, by_steps = HeadParams(anil.head.weight, anil.head.bias), 0, {}
     for target in sorted(set(steps)):
         fast = inner_loop(support, batch.support_y, fast, target - done, anil.inner_lr, first_order=True)
@@ -164,7 +217,7 @@ def per_task_accuracies(
         steps: inner-step counts, e.g. ``(0, 10)``.
         batch_size: tasks materialised at once.
         device: where the tasks are sent.
-        nil: also compute NIL accuracy (ANIL only).
+        nil: also compute NIL accuracy (learners with a ``features`` method, e.g. ANIL).
         progress: show a progress bar.
 
     Returns:
@@ -172,16 +225,22 @@ def per_task_accuracies(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if nil and not isinstance(learner, ANIL):
-        raise ValueError(f"NIL needs an ANIL learner (its body's features), got {type(learner).__name__}.")
+    if nil and not callable(getattr(learner, "features", None)):
+        raise ValueError(f"NIL needs a learner with a features(x, training) method, got {type(learner).__name__}.")
     accs, nils = [], []
     starts = range(0, len(pool), batch_size)
     with torch.no_grad():
         for start in tqdm(starts, desc="Evaluating", unit="batch", disable=not progress, leave=False):
             batch = pool.batch(slice(start, start + batch_size), device)
-            accs.append(accuracies_by_steps(learner, batch, steps).cpu())
-            if nil:
-                nils.append(_accuracy(nil_logits(learner, *batch[:3]), batch.query_y).cpu())
+            if isinstance(learner, ANIL):  # one body forward per set serves both ANIL and NIL
+                support, query = features = _anil_features(learner, batch)
+                accs.append(_anil_accuracies(learner, batch, steps, features).cpu())
+                scores = nil_scores_from_features(support, batch.support_y, query, pool.n_way) if nil else None
+            else:
+                accs.append(accuracies_by_steps(learner, batch, steps).cpu())
+                scores = nil_logits(learner, *batch[:3]) if nil else None
+            if scores is not None:
+                nils.append(_accuracy(scores, batch.query_y).cpu())
     return torch.cat(accs, dim=1), torch.cat(nils) if nil else None
 
 
@@ -194,6 +253,7 @@ def evaluate(
     steps: int | None = None,
     nil: bool = False,
     progress: bool = True,
+    train_steps: int | None = None,
 ) -> EvalResult:
     """Query accuracy before and after adaptation on every task of ``task_pool``.
 
@@ -204,16 +264,23 @@ def evaluate(
         batch_size: tasks materialised and evaluated at once.
         device: where the tasks are sent (the learner's device).
         steps: inner steps; defaults to ``learner.inner_steps``.
-        nil: also measure NIL accuracy (ANIL only).
+        nil: also measure NIL accuracy (learners with a ``features`` method, e.g. ANIL).
         progress: show a progress bar.
+        train_steps: also measure the accuracy after this many steps (the training count), for a like-for-like
+            train-test gap; defaults to ``learner.inner_steps`` for ANIL, where it costs no extra body forward,
+            and to nothing for other learners (MAML would adapt once more).
 
     Returns:
         An :class:`EvalResult` with means, 95% CI half-widths and per-task accuracies.
     """
     steps = learner.inner_steps if steps is None else steps
+    if train_steps is None and isinstance(learner, ANIL):
+        train_steps = learner.inner_steps
     started = time.perf_counter()
-    accs, nils = per_task_accuracies(learner, task_pool, [0, steps], batch_size, device, nil, progress)
+    step_counts = [0, steps] + ([] if train_steps is None or train_steps == steps else [train_steps])
+    accs, nils = per_task_accuracies(learner, task_pool, step_counts, batch_size, device, nil, progress)
     (before, ci_before), (after, ci_after) = confidence_interval(accs[0]), confidence_interval(accs[1])
+    at_train = (None, None) if train_steps is None else confidence_interval(accs[-1])
     nil_acc, nil_ci = confidence_interval(nils) if nils is not None else (None, None)
     return EvalResult(
         num_tasks=len(task_pool),
@@ -231,6 +298,9 @@ def evaluate(
         nil_ci=nil_ci,
         per_task_nil=None if nils is None else nils.tolist(),
         eval_time_s=time.perf_counter() - started,
+        train_steps=train_steps,
+        acc_at_train_steps=at_train[0],
+        ci_at_train_steps=at_train[1],
     )
 
 

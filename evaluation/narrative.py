@@ -4,17 +4,31 @@ The ANIL paper (Raghu et al., ICLR 2020, arXiv:1909.09157) asks whether MAML's a
 in the inner loop or from reusing features learnt by the outer loop. Each function here reads results and
 returns Markdown that states what was measured, with the numbers, and compares it with the claims of the paper
 and of the seed notebook (the seed: "ANIL is 3-10x faster than MAML and reaches 95-98% of its accuracy").
+
+Every comparison of two accuracies is a **paired** comparison on the same tasks
+(:func:`evaluation.evaluate.paired_difference`): the mean per-task difference with its 95% interval. When the
+interval contains 0 the sentence says the two are "not distinguishable", whatever the sign of the mean. Training
+speeds come from one run each and carry no interval; they are reported as measured, never ranked more finely than
+that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from evaluation.compare import ScenarioRecord
+from evaluation.compare import (
+    LOSS_WINDOW,
+    ScenarioRecord,
+    comparable_memory,
+    equal_budget_points,
+    smoothed_loss,
+)
+from evaluation.evaluate import paired_difference
 
 SEED_SPEEDUP = (3.0, 10.0)  # the seed's claimed ANIL-over-MAML training speed-up
 SEED_ACC_RATIO = (0.95, 0.98)  # the seed's claimed ANIL/MAML accuracy ratio
 PAPER_SPEEDUP = 1.7  # the ANIL paper's measured training speed-up of ANIL over MAML
+NOT_DISTINGUISHABLE = "not distinguishable"
 
 
 def pct(value: float) -> str:
@@ -22,94 +36,216 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def paired_clause(name_a: str, name_b: str, a: Sequence[float], b: Sequence[float]) -> tuple[str, float, bool]:
+    """``"S2 − S1 = +1.3 ± 0.9 points, paired 95% CI over 600 tasks"``, the mean difference, and whether the
+    interval excludes 0.
+
+    Args:
+        name_a: name of the first method.
+        name_b: name of the second method.
+        a: per-task accuracies of ``name_a``.
+        b: per-task accuracies of ``name_b`` on the same tasks.
+    """
+    mean, half = paired_difference(a, b)
+    distinguishable = abs(mean) > half  # a NaN half-width (one task) compares False: never distinguishable
+    text = f"{name_a} − {name_b} = {100 * mean:+.1f} ± {100 * half:.1f} points, paired 95% CI over {len(a):,} tasks"
+    return text, mean, distinguishable
+
+
+def paired_verdict(name_a: str, name_b: str, a: Sequence[float], b: Sequence[float]) -> str:
+    """One sentence: which of two methods is more accurate on the same tasks, or that they are not distinguishable."""
+    clause, mean, distinguishable = paired_clause(name_a, name_b, a, b)
+    if not distinguishable:
+        return f"{clause}: the interval contains 0, so the two are {NOT_DISTINGUISHABLE} on these tasks."
+    better, worse = (name_a, name_b) if mean > 0 else (name_b, name_a)
+    return f"{clause}: {better} is more accurate than {worse}."
+
+
 def scenario_summary(record: ScenarioRecord) -> str:
-    """One paragraph on a trained scenario: cost, loss, accuracy before/after adaptation, NIL."""
+    """One paragraph on a trained scenario: cost, smoothed loss, accuracy before/after adaptation, NIL."""
     t, e = record.train, record.test
-    nil = "" if e.nil_acc is None else f" Without any inner loop (NIL) the same body scores {pct(e.nil_acc)}."
+    nil = ""
+    if e.per_task_nil is not None:
+        verdict = paired_verdict("ANIL", "NIL", e.per_task_after, e.per_task_nil)
+        nil = f" Without any inner loop (NIL) the same body scores {pct(e.nil_acc)}; {verdict}"
     stopped = " Training was interrupted early." if t.interrupted else ""
+    window = max(1, round(LOSS_WINDOW * len(t.losses)))
     return (
         f"**{record.label}** ran {t.iterations_done:,} meta-iterations in {t.wall_time_s:,.1f} s "
-        f"({t.iterations_per_s:.2f} it/s on {t.device}). The query loss went from {t.losses[0]:.3f} to "
-        f"{t.losses[-1]:.3f} (best {min(t.losses):.3f}). On {e.num_tasks:,} tasks from unseen alphabets the "
+        f"({t.iterations_per_s:.2f} it/s on {t.device}). The query loss, averaged over the first and the last "
+        f"{window:,} iterations, went from {smoothed_loss(t.losses, 'first'):.3f} to "
+        f"{smoothed_loss(t.losses, 'last'):.3f}. On {e.num_tasks:,} tasks from unseen alphabets the "
         f"accuracy is {pct(e.acc_before)} before adaptation (chance is {pct(1 / e.n_way)}) and "
         f"{pct(e.acc_after)} ± {pct(e.ci_after)} after {e.steps} inner steps, a gain of "
-        f"{100 * e.gain:+.1f} points.{nil}{stopped}"
+        f"{100 * e.gain:+.1f} ± {100 * e.gain_ci:.1f} points.{nil}{stopped}"
     )
 
 
-def _best(records: Mapping[str, ScenarioRecord], key, highest: bool = True) -> str:
-    values = {name: key(r) for name, r in records.items() if key(r) is not None}
-    return (max if highest else min)(values, key=values.get)
+def _same_tasks(records: Mapping[str, ScenarioRecord]) -> bool:
+    return len({r.test.num_tasks for r in records.values()}) == 1
+
+
+def _most_accurate(records: Mapping[str, ScenarioRecord]) -> str:
+    """The most accurate scenario, with every scenario not distinguishable from it on the same tasks."""
+    best = max(records, key=lambda name: records[name].test.acc_after)
+    r_best = records[best]
+    head = f"- Most accurate: **{best}** with {pct(r_best.test.acc_after)} ± {pct(r_best.test.ci_after)}"
+    if len(records) == 1 or not _same_tasks(records):
+        return head + "."
+    ties, behind = [], []
+    for name, r in records.items():
+        if name == best:
+            continue
+        clause, _, distinguishable = paired_clause(best, name, r_best.test.per_task_after, r.test.per_task_after)
+        (behind if distinguishable else ties).append(f"{name} ({clause})")
+    if not ties:
+        return head + f", ahead of every other scenario: {'; '.join(behind)}."
+    return (
+        head + f", but it is {NOT_DISTINGUISHABLE} from {'; '.join(ties)}: the paired intervals contain 0, so "
+        f"these tests do not separate them." + (f" Ahead of: {'; '.join(behind)}." if behind else "")
+    )
+
+
+def _memory_line(records: Mapping[str, ScenarioRecord]) -> str:
+    memory = {name: comparable_memory(r) for name, r in records.items()}
+    if any(value is None for value in memory.values()):
+        return (
+            "- Memory: not ranked. On a CPU the figure is the whole notebook process's peak resident set, which "
+            "only grows as the scenarios run one after another, so it would rank the run order, not the methods."
+        )
+    lean = min(memory, key=memory.get)
+    return f"- Least memory: **{lean}** at {memory[lean]:,.0f} MB (CUDA max allocated, reset per scenario)."
+
+
+def first_vs_second_order(s1: ScenarioRecord, s2: ScenarioRecord) -> str:
+    """S1 (second order) against S2 (first order) on the test tasks, stating both training budgets."""
+    t1, t2 = s1.train, s2.train
+    verdict = paired_verdict("S2", "S1", s2.test.per_task_after, s1.test.per_task_after)
+    line = (
+        f"- First order (S2) runs {t2.iterations_per_s / t1.iterations_per_s:.2f}x the iterations per second of "
+        f"second order (S1). On the test tasks, {verdict}"
+    )
+    if t1.iterations_done == t2.iterations_done:
+        return line + f" Both trained for {t1.iterations_done:,} iterations, an equal budget in iterations."
+    return line + (
+        f" The budgets differ: S1 trained for {t1.iterations_done:,} iterations ({t1.wall_time_s:,.0f} s) and S2 "
+        f"for {t2.iterations_done:,} ({t2.wall_time_s:,.0f} s), {t2.iterations_done / t1.iterations_done:.1f}x "
+        f"the iterations and {t2.wall_time_s / t1.wall_time_s:.1f}x the training time, so this is not a comparison "
+        "of the gradient's order alone; the equal-budget comparison of the validation curves is."
+    )
 
 
 def comparison_summary(records: Mapping[str, ScenarioRecord]) -> str:
-    """Which scenario is most accurate, fastest and leanest, with the numbers."""
-    acc = _best(records, lambda r: r.test.acc_after)
-    fast = _best(records, lambda r: r.train.iterations_per_s)
-    lean = _best(records, lambda r: r.train.peak_memory_mb, highest=False)
-    r_acc, r_fast, r_lean = records[acc], records[fast], records[lean]
+    """Which scenario is most accurate (with paired intervals), fastest, leanest where that can be measured."""
+    fast = max(records, key=lambda name: records[name].train.iterations_per_s)
     lines = [
-        f"- Most accurate: **{acc}** with {pct(r_acc.test.acc_after)} ± {pct(r_acc.test.ci_after)}.",
-        f"- Fastest: **{fast}** at {r_fast.train.iterations_per_s:.2f} it/s.",
-        f"- Least memory: **{lean}** at {r_lean.train.peak_memory_mb:,.0f} MB ({r_lean.train.memory_kind}).",
+        _most_accurate(records),
+        f"- Fastest per outer iteration: **{fast}** at {records[fast].train.iterations_per_s:.2f} it/s "
+        "(one timed run each; an iteration of a ResNet18 scenario is not the same work as one of conv4).",
+        _memory_line(records),
     ]
     if "S1" in records and "S2" in records:
-        s1, s2 = records["S1"], records["S2"]
-        its = (s1.train.iterations_done, s2.train.iterations_done)
-        caveat = "" if its[0] == its[1] else (
-            f" S1 trained for {its[0]:,} iterations and S2 for {its[1]:,}, so this gap measures the training"
-            " budget as much as the order of the gradient."
+        lines.append(first_vs_second_order(records["S1"], records["S2"]))
+    return "\n".join(lines)
+
+
+def budget_summary(a: ScenarioRecord, b: ScenarioRecord) -> str:
+    """Two scenarios at equal iterations and at equal training time, from their validation histories.
+
+    The validation tasks are the same for every scenario, so each comparison is paired when per-task validation
+    accuracies were recorded.
+    """
+    points = equal_budget_points(a.train, b.train)
+    lines = []
+    for kind, pair in points.items():
+        if pair is None:
+            what = "iteration count" if kind == "iterations" else "training time (no validation times recorded)"
+            lines.append(f"- Equal {kind}: the two runs share no validated {what}.")
+            continue
+        pa, pb = pair
+        budget = (
+            f"after {pa.iteration:,} iterations each"
+            if kind == "iterations"
+            else f"with at most {max(pa.wall_time_s, pb.wall_time_s):,.0f} s of training: {a.name} after "
+            f"{pa.iteration:,} iterations ({pa.wall_time_s:,.0f} s), {b.name} after {pb.iteration:,} "
+            f"({pb.wall_time_s:,.0f} s)"
         )
+        if pa.per_task is not None and pb.per_task is not None:
+            verdict = paired_verdict(a.name, b.name, pa.per_task, pb.per_task)
+        else:
+            verdict = f"{a.name} − {b.name} = {100 * (pa.acc - pb.acc):+.1f} points (no per-task values: no interval)."
         lines.append(
-            f"- First order (S2) runs {s2.train.iterations_per_s / s1.train.iterations_per_s:.2f}x the speed of "
-            f"second order (S1); their accuracies differ by {100 * (s2.test.acc_after - s1.test.acc_after):+.1f} "
-            f"points, against confidence intervals of ±{100 * s1.test.ci_after:.1f} and "
-            f"±{100 * s2.test.ci_after:.1f} points.{caveat}"
+            f"- Equal {kind}, {budget}: validation accuracy {a.name} {pct(pa.acc)}, {b.name} {pct(pb.acc)}; {verdict}"
         )
     return "\n".join(lines)
 
 
 def nil_summary(records: Mapping[str, ScenarioRecord]) -> str:
-    """NIL against ANIL per scenario: how much does the head's inner loop add?"""
+    """NIL against ANIL per scenario, paired on the same test tasks: how much does the head's inner loop add?"""
     lines = []
     for name, r in records.items():
-        if r.test.nil_acc is None:
+        if r.test.per_task_nil is None:
             continue
-        diff = 100 * (r.test.acc_after - r.test.nil_acc)
-        lines.append(
-            f"- {name}: ANIL {pct(r.test.acc_after)}, NIL {pct(r.test.nil_acc)} "
-            f"(ANIL {'ahead' if diff >= 0 else 'behind'} by {abs(diff):.1f} points)."
-        )
+        verdict = paired_verdict("ANIL", "NIL", r.test.per_task_after, r.test.per_task_nil)
+        lines.append(f"- {name}: ANIL {pct(r.test.acc_after)}, NIL {pct(r.test.nil_acc)}; {verdict}")
     return "\n".join(lines)
 
 
 def curve_summary(records: Mapping[str, ScenarioRecord]) -> str:
-    """Share of the final gain reached after one inner step, per scenario."""
+    """The adaptation curve's values, and what its shape does and does not show."""
     lines = []
     for name, r in records.items():
         curve = r.adaptation_curve
-        if not curve or len(curve) < 2 or curve[-1] == curve[0]:
+        if not curve or len(curve) < 2:
             continue
-        share = (curve[1] - curve[0]) / (curve[-1] - curve[0])
         lines.append(
             f"- {name}: {pct(curve[0])} at 0 steps, {pct(curve[1])} after 1 step, {pct(curve[-1])} after "
-            f"{len(curve) - 1} steps; one step gives {pct(share)} of the total gain."
+            f"{len(curve) - 1} steps."
+        )
+    if lines:
+        lines.append(
+            "\nHow fast the curve rises says how the *head* is set up, not how good the body's features are: what "
+            "one step achieves depends on the head's learnt initialisation and on the inner learning rate, which "
+            "differ between scenarios (from a zero head, one step is already a prototype classifier). Whether "
+            "the features carry the accuracy is what NIL, which has no head at all, measures."
         )
     return "\n".join(lines)
 
 
-def maml_summary(anil: ScenarioRecord, maml: ScenarioRecord) -> str:
-    """ANIL against MAML on the same tasks and iterations, checked against the seed's and the paper's claims."""
-    speedup = anil.train.iterations_per_s / maml.train.iterations_per_s
-    ratio = anil.test.acc_after / maml.test.acc_after
-    in_seed_speed = SEED_SPEEDUP[0] <= speedup <= SEED_SPEEDUP[1]
-    in_seed_acc = SEED_ACC_RATIO[0] <= ratio <= SEED_ACC_RATIO[1]
+def _speed_sentence(name: str, speedup: float) -> str:
+    relation = "above" if speedup > PAPER_SPEEDUP else "below" if speedup < PAPER_SPEEDUP else "equal to"
+    saving = f"a saving of {pct(1 - 1 / speedup)}" if speedup >= 1 else "so ANIL is the slower one here"
     return (
-        f"Measured on the same {anil.train.iterations_done:,} meta-iterations of the same tasks: ANIL runs at "
-        f"{anil.train.iterations_per_s:.2f} it/s and MAML at {maml.train.iterations_per_s:.2f} it/s, a speed-up "
-        f"of **{speedup:.2f}x** (the paper reports {PAPER_SPEEDUP}x; the seed claims "
-        f"{SEED_SPEEDUP[0]:.0f}-{SEED_SPEEDUP[1]:.0f}x: {'inside' if in_seed_speed else 'outside'} that range). "
-        f"ANIL reaches {pct(anil.test.acc_after)} ± {pct(anil.test.ci_after)} and MAML "
-        f"{pct(maml.test.acc_after)} ± {pct(maml.test.ci_after)}: ANIL/MAML = **{pct(ratio)}** (the seed claims "
-        f"{pct(SEED_ACC_RATIO[0])}-{pct(SEED_ACC_RATIO[1])}: {'inside' if in_seed_acc else 'outside'} that range)."
+        f"{name}: **{speedup:.2f}x** (ANIL's outer iteration takes {pct(1 / speedup)} of MAML's time, {saving}; "
+        f"{relation} the paper's {PAPER_SPEEDUP}x, a saving of about {100 * (1 - 1 / PAPER_SPEEDUP):.0f}%)"
+    )
+
+
+def maml_summary(anil: ScenarioRecord, maml: ScenarioRecord, per_task_maml_s_per_step: float | None = None) -> str:
+    """ANIL against MAML on the same tasks and iterations, checked against the seed's and the paper's claims.
+
+    Args:
+        anil: ANIL at MAML's budget (same iterations, same test tasks and test inner steps).
+        maml: the MAML record.
+        per_task_maml_s_per_step: seconds per outer step of MAML written as a loop over tasks (as MAML is
+            usually written), timed separately; adds the second ratio when given.
+    """
+    batched = anil.train.iterations_per_s / maml.train.iterations_per_s
+    ratios = [_speed_sentence("ANIL vs MAML, both batched (training it/s of both records)", batched)]
+    if per_task_maml_s_per_step is not None:
+        per_task = per_task_maml_s_per_step * anil.train.iterations_per_s
+        ratios.append(_speed_sentence("ANIL vs per-task MAML (a loop over the tasks, timed separately)", per_task))
+    in_seed = SEED_SPEEDUP[0] <= batched <= SEED_SPEEDUP[1]
+    ratio = anil.test.acc_after / maml.test.acc_after
+    in_seed_acc = SEED_ACC_RATIO[0] <= ratio <= SEED_ACC_RATIO[1]
+    verdict = paired_verdict("ANIL", "MAML", anil.test.per_task_after, maml.test.per_task_after)
+    return (
+        f"Measured on the same {anil.train.iterations_done:,} meta-iterations of the same tasks, on "
+        f"{anil.train.device}: ANIL runs at {anil.train.iterations_per_s:.2f} it/s and MAML at "
+        f"{maml.train.iterations_per_s:.2f} it/s. Speed-ups: " + "; ".join(ratios) + ". The batched ratio is "
+        f"{'inside' if in_seed else 'outside'} the seed's claimed {SEED_SPEEDUP[0]:.0f}-{SEED_SPEEDUP[1]:.0f}x. "
+        f"Accuracy after {anil.test.steps} test inner steps: ANIL {pct(anil.test.acc_after)} ± "
+        f"{pct(anil.test.ci_after)}, MAML {pct(maml.test.acc_after)} ± {pct(maml.test.ci_after)}; {verdict} "
+        f"ANIL/MAML = **{pct(ratio)}** (the seed claims {pct(SEED_ACC_RATIO[0])}-{pct(SEED_ACC_RATIO[1])}: "
+        f"{'inside' if in_seed_acc else 'outside'} that range)."
     )

@@ -10,6 +10,7 @@ arXiv:1909.09157): how much of the accuracy appears only after inner steps.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -18,10 +19,20 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from evaluation.compare import ScenarioRecord
-from evaluation.resources import MEMORY_KIND_LABELS
+from evaluation.resources import MEMORY_KIND_CUDA, MEMORY_KIND_LABELS
 
 EMA_ALPHA = 0.05  # weight of the newest iteration in the smoothed curves (~20-iteration memory)
 LONG_CURVE = 21  # points (0..20 steps) up to which an adaptation curve keeps markers and a linear axis
+LABEL_WIDTH = 16  # characters per line of a bar's tick label, so that neighbouring labels never overlap
+BAR_SLOT_INCHES = 1.6  # figure width per bar group: room for a LABEL_WIDTH-character line in a small font
+
+
+def _tick_labels(records: Mapping[str, ScenarioRecord]) -> list[str]:
+    """Bar labels: the scenario name, then its architecture and pretraining source wrapped to short lines."""
+    return [
+        f"{r.name}\n" + textwrap.fill(f"{r.architecture} ({r.pretrained_source})", LABEL_WIDTH)
+        for r in records.values()
+    ]
 
 
 def smooth(values: Sequence[float], alpha: float = EMA_ALPHA) -> np.ndarray:
@@ -58,7 +69,7 @@ def plot_training_curves(records: Mapping[str, ScenarioRecord], alpha: float = E
 
 def plot_accuracy(records: Mapping[str, ScenarioRecord]) -> Figure:
     """Test accuracy before and after adaptation per scenario, with 95% CI error bars and the chance level."""
-    fig = Figure(figsize=(max(6, 2.2 * len(records)), 4.5), layout="constrained")
+    fig = Figure(figsize=(max(6, BAR_SLOT_INCHES * len(records) + 1.5), 4.8), layout="constrained")
     ax = fig.subplots()
     x, width = np.arange(len(records)), 0.38
     for offset, (name, mean, ci) in zip(
@@ -70,7 +81,7 @@ def plot_accuracy(records: Mapping[str, ScenarioRecord]) -> Figure:
         errors = [getattr(r.test, ci) for r in records.values()]
         ax.bar(x + offset, values, width, yerr=errors, capsize=4, label=f"{name} adaptation")
     _chance_line(ax, records)
-    ax.set_xticks(x, [r.label.replace(": ", "\n", 1) for r in records.values()], fontsize="small")
+    ax.set_xticks(x, _tick_labels(records), fontsize="small")
     tasks = next(iter(records.values())).test.num_tasks
     ax.set(ylabel="query accuracy", ylim=(0, 1), title=f"Test accuracy on {tasks} tasks (95% CI)")
     ax.legend(fontsize="small")
@@ -79,17 +90,57 @@ def plot_accuracy(records: Mapping[str, ScenarioRecord]) -> Figure:
 
 def plot_cost(records: Mapping[str, ScenarioRecord]) -> Figure:
     """Training speed (iterations/s) and peak memory per scenario."""
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    fig = Figure(figsize=(max(12, 2 * (BAR_SLOT_INCHES * len(records) + 1)), 4.8), layout="constrained")
     axes = fig.subplots(1, 2)
-    labels = [r.label.replace(": ", "\n", 1) for r in records.values()]
+    x, labels = np.arange(len(records)), _tick_labels(records)
     colors = [f"C{i}" for i in range(len(records))]
-    kind = MEMORY_KIND_LABELS.get(next(iter(records.values())).train.memory_kind, "peak memory")
-    axes[0].bar(labels, [r.train.iterations_per_s for r in records.values()], color=colors)
+    kind = next(iter(records.values())).train.memory_kind
+    axes[0].bar(x, [r.train.iterations_per_s for r in records.values()], color=colors)
     axes[0].set(ylabel="outer iterations / s", title="Training speed (higher is better)")
-    axes[1].bar(labels, [r.train.peak_memory_mb for r in records.values()], color=colors)
-    axes[1].set(ylabel=f"MB ({kind})", title="Peak memory (lower is better)")
+    axes[1].bar(x, [r.train.peak_memory_mb for r in records.values()], color=colors)
+    memory_title = (
+        "Peak memory per scenario (lower is better)"
+        if kind == MEMORY_KIND_CUDA
+        else "Peak RSS of the whole process: grows with run order, not a per-scenario cost"
+    )
+    axes[1].set(ylabel=f"MB ({MEMORY_KIND_LABELS.get(kind, kind)})", title=memory_title)
     for ax in axes:
-        ax.tick_params(axis="x", labelsize="small")
+        ax.set_xticks(x, labels, fontsize="small")
+    return fig
+
+
+def plot_validation_curves(records: Mapping[str, ScenarioRecord]) -> Figure:
+    """Validation accuracy (after the training's inner steps) against outer iterations and against training time.
+
+    The right panel appears when the validations carry ``wall_time_s`` (training seconds, validations excluded);
+    reading both panels at one x value compares scenarios at an equal budget of iterations or of time.
+
+    Args:
+        records: scenario name -> record; scenarios without validations are left out.
+
+    Raises:
+        ValueError: no scenario has any validation.
+    """
+    if not any(r.train.val_history for r in records.values()):
+        raise ValueError("No scenario has validation results; train with val_every > 0 and a validation pool.")
+    timed = any("wall_time_s" in v for r in records.values() for v in r.train.val_history)
+    fig = Figure(figsize=(12 if timed else 7, 4.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, 2 if timed else 1))
+    for i, record in enumerate(records.values()):
+        history = record.train.val_history
+        if not history:
+            continue
+        acc, ci = [v["acc"] for v in history], [v["ci"] for v in history]
+        xs = [[v["iteration"] for v in history]]
+        if timed:
+            xs.append([v.get("wall_time_s", np.nan) for v in history])
+        for ax, x in zip(axes, xs, strict=True):
+            ax.errorbar(x, acc, yerr=ci, marker="o", capsize=3, color=f"C{i}", label=record.label)
+    panels = (("outer iteration", "at equal iterations"), ("training time (s, validations excluded)", "at equal time"))
+    for ax, (xlabel, title) in zip(axes, panels, strict=False):
+        ax.set(xlabel=xlabel, ylabel="validation query accuracy (95% CI)", title=f"Validation accuracy {title}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
     return fig
 
 

@@ -5,6 +5,11 @@ settings: a conv4 body trained from scratch in second order (S1) and first order
 ResNet18 body either fine-tuned (S3) or frozen except for its BatchNorm layers (S4). :func:`run_scenario`
 builds the network, meta-trains it on the shared task pool, evaluates it on the shared evaluation tasks and
 caches the result under a key of the whole configuration, so one function serves every scenario.
+
+Ablations (:data:`ABLATIONS`, :func:`evaluate_untrained_head`) isolate what each ingredient buys: S4 with its
+BatchNorm frozen too (only the head's initialisation is learnt), S2 trained for S1's number of iterations (an
+equal-budget S1/S2 comparison on the test tasks), and the pretrained body with no meta-training at all, its head
+adapted from zero or replaced by NIL.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import nn
 from algorithms.anil import ANIL
 from algorithms.maml import MAML, MAMLLayout
 from evaluation.compare import ScenarioRecord
-from evaluation.evaluate import adaptation_curve, evaluate
+from evaluation.evaluate import EvalResult, adaptation_curve, evaluate
 from evaluation.pretrain import pretrain_body, spread_characters
 from evaluation.results import load_cached, result_key, result_path, save_result
 from evaluation.training import train
@@ -50,6 +55,7 @@ class ScenarioSpec:
     test_steps_field: str = "test_inner_steps"  # the Config field with its test-time inner steps
     algorithm: Literal["anil", "maml"] = "anil"
     allow_bf16: bool = True  # False where a float32 timing comparison must stay fair (against MAML)
+    freeze_batchnorm: bool = False  # with freeze_body: freeze BatchNorm's affine parameters too (an ablation)
 
 
 SCENARIOS: dict[str, ScenarioSpec] = {
@@ -64,6 +70,14 @@ SCENARIOS: dict[str, ScenarioSpec] = {
 MAML_SPEC = ScenarioSpec("MAML", "conv4 MAML, second order", "conv4", first_order=False, freeze_body=False,
                          iterations_field="maml_iterations", test_steps_field="maml_test_inner_steps",
                          algorithm="maml")
+ABLATIONS: dict[str, ScenarioSpec] = {
+    "S4 (BatchNorm frozen)": ScenarioSpec("S4 (BatchNorm frozen)", "ResNet18, whole body frozen", "resnet18",
+                                         first_order=True, freeze_body=True, freeze_batchnorm=True,
+                                         iterations_field="resnet_iterations"),
+    # S1 against S2 at an equal number of iterations, on the test tasks (S2's own run usually trains longer).
+    "S2 (S1's iterations)": ScenarioSpec("S2 (S1's iterations)", "conv4, first order, S1's budget", "conv4",
+                                        first_order=True, freeze_body=False, iterations_field="s1_iterations"),
+}
 ANIL_AT_MAML_BUDGET = ScenarioSpec("ANIL (MAML budget)", "conv4 ANIL, second order", "conv4",
                                    first_order=False, freeze_body=False, iterations_field="maml_iterations",
                                    test_steps_field="maml_test_inner_steps", allow_bf16=False)
@@ -193,7 +207,8 @@ def make_learner(spec: ScenarioSpec, body: nn.Module, head: nn.Linear, config: C
                     layout=maml_layout)
     return ANIL(body, head, config.inner_lr, config.outer_lr, config.inner_steps,
                 freeze_body=spec.freeze_body, first_order=spec.first_order,
-                amp_dtype=torch.bfloat16 if config.bf16_body and spec.allow_bf16 else None)
+                amp_dtype=torch.bfloat16 if config.bf16_body and spec.allow_bf16 else None,
+                freeze_batchnorm=spec.freeze_batchnorm)
 
 
 def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: torch.device, *,
@@ -230,6 +245,7 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
     record = ScenarioRecord(
         name=spec.name, description=spec.description, architecture=spec.architecture, pretrained_source=source,
         params=parameter_table(body, head), train=history, train_tasks=len(pools.train),
+        meta_batch_size=config.meta_batch_size,
         test=evaluate(learner, pools.test, device=device, steps=test_steps,
                       nil=spec.algorithm == "anil", progress=progress),
         test_seed=evaluate(learner, pools.test_seed, device=device, steps=test_steps,
@@ -270,3 +286,30 @@ def trained_learner(spec: ScenarioSpec, config: Config, pools: TaskPools, device
     body.load_state_dict(weights["body"])
     head.load_state_dict(weights["head"])
     return make_learner(spec, body.to(device), head.to(device), config, maml_layout)
+
+
+def evaluate_untrained_head(body_state: Mapping[str, torch.Tensor] | None, source: str, config: Config,
+                            pool: TaskPool, device: torch.device | str, *, architecture: str = "resnet18",
+                            progress: bool = True) -> EvalResult:
+    """A pretrained body with **no meta-training**: its head adapted from zero, and NIL, on ``pool``.
+
+    Nothing is trained, so there is no :class:`TrainResult`: the result is an :class:`EvalResult` whose
+    ``acc_before`` is the zero head (every logit equal, so exactly chance on balanced query sets), ``acc_after``
+    the head after ``config.test_inner_steps`` SGD steps of size ``config.inner_lr`` from zero, and ``nil_acc``
+    NIL on the same body. BatchNorm normalises each set with its own statistics, as for the trained scenarios.
+
+    Args:
+        body_state: the pretrained body's weights (:func:`resolve_pretrained_body`), ``None`` for a random body.
+        source: where they come from (labels only).
+        config: run configuration (seed, n_way, inner_lr, test_inner_steps).
+        pool: evaluation tasks, e.g. ``pools.test``.
+        device: compute device.
+        architecture: ``"resnet18"`` (S3/S4's body) or ``"conv4"``.
+        progress: show a progress bar.
+    """
+    body, head = build_network(architecture, config, body_state, source)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    learner = ANIL(body.to(device), head.to(device), config.inner_lr, config.outer_lr, config.inner_steps)
+    return evaluate(learner, pool, device=device, steps=config.test_inner_steps, nil=True, progress=progress)

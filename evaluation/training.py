@@ -73,8 +73,9 @@ class TrainResult:
         scenario: scenario name, e.g. ``"S1"``.
         losses: meta-training loss of every iteration (query loss after adaptation).
         accs: meta-training query accuracy of every iteration.
-        val_history: ``{"iteration", "acc", "ci"}`` per validation (accuracy after adaptation, validation
-            pool).
+        val_history: ``{"iteration", "acc", "ci", "wall_time_s", "per_task"}`` per validation (accuracy after
+            adaptation on the validation pool, training seconds so far as in ``wall_time_s``, per-task
+            accuracies); results saved before these last two keys existed lack them.
         wall_time_s: seconds spent in training steps (validation and checkpoint writes excluded).
         iterations_per_s: ``iterations_done / wall_time_s``.
         peak_memory_mb: peak memory in MiB, see ``memory_kind``.
@@ -89,7 +90,7 @@ class TrainResult:
     scenario: str
     losses: list[float]
     accs: list[float]
-    val_history: list[dict[str, float]]
+    val_history: list[dict[str, Any]]
     wall_time_s: float
     iterations_per_s: float
     peak_memory_mb: float
@@ -157,7 +158,7 @@ class _RunState:
     iteration: int = 0
     losses: list[float] = field(default_factory=list)
     accs: list[float] = field(default_factory=list)
-    val_history: list[dict[str, float]] = field(default_factory=list)
+    val_history: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
 
 
@@ -336,8 +337,10 @@ class _Trainer:
         if not self.validation_due():
             return None
         result = evaluate(self.learner, s.val_pool, device=s.device, progress=False)
+        # Training seconds so far and per-task accuracies make equal-time and paired comparisons possible.
         self.state.val_history.append(
-            {"iteration": self.state.iteration, "acc": result.acc_after, "ci": result.ci_after}
+            {"iteration": self.state.iteration, "acc": result.acc_after, "ci": result.ci_after,
+             "wall_time_s": self.state.wall_time_s, "per_task": result.per_task_after}
         )
         return result.acc_after
 

@@ -51,17 +51,24 @@ def state_tensors(learner: Any) -> dict[str, torch.Tensor]:
     }
 
 
-def fake_train(losses: list[float], accs: list[float], its: float = 10.0, memory: float = 500.0) -> TrainResult:
+def fake_train(
+    losses: list[float],
+    accs: list[float],
+    its: float = 10.0,
+    memory: float = 500.0,
+    memory_kind: str = "cpu_peak_rss",
+    val_history: list[dict] | None = None,
+) -> TrainResult:
     """A hand-made TrainResult (pure-logic tests of the comparison table)."""
     return TrainResult(
         scenario="fake",
         losses=losses,
         accs=accs,
-        val_history=[],
+        val_history=val_history or [],
         wall_time_s=len(losses) / its,
         iterations_per_s=its,
         peak_memory_mb=memory,
-        memory_kind="cpu_peak_rss",
+        memory_kind=memory_kind,
         gpu_utilisation=None,
         device="cpu (2 threads)",
         interrupted=False,
@@ -70,8 +77,12 @@ def fake_train(losses: list[float], accs: list[float], its: float = 10.0, memory
     )
 
 
-def fake_eval(before: list[float], after: list[float], n_way: int = N_WAY) -> EvalResult:
-    """A hand-made EvalResult from per-task accuracies."""
+def fake_eval(
+    before: list[float], after: list[float], n_way: int = N_WAY, nil: list[float] | None = None,
+    at_train_steps: float | None = None,
+) -> EvalResult:
+    """A hand-made EvalResult from per-task accuracies (5 test steps; 5 training steps, so the accuracy at the
+    training's steps is ``acc_after`` unless ``at_train_steps`` says otherwise)."""
     gains = [a - b for a, b in zip(after, before, strict=True)]
     (acc_before, ci_before), (acc_after, ci_after) = confidence_interval(before), confidence_interval(after)
     return EvalResult(
@@ -86,10 +97,18 @@ def fake_eval(before: list[float], after: list[float], n_way: int = N_WAY) -> Ev
         gain_ci=confidence_interval(gains)[1],
         per_task_before=before,
         per_task_after=after,
+        nil_acc=None if nil is None else confidence_interval(nil)[0],
+        nil_ci=None if nil is None else confidence_interval(nil)[1],
+        per_task_nil=nil,
+        train_steps=5,
+        acc_at_train_steps=acc_after if at_train_steps is None else at_train_steps,
+        ci_at_train_steps=ci_after,
     )
 
 
-def fake_record(name: str, train_result: TrainResult, test: EvalResult, source: str = "random") -> ScenarioRecord:
+def fake_record(
+    name: str, train_result: TrainResult, test: EvalResult, source: str = "random", meta_batch_size: int | None = 4
+) -> ScenarioRecord:
     """A ScenarioRecord with the parameter counts of a real 28x28 conv4 network."""
     learner = make_anil()
     return ScenarioRecord(
@@ -101,4 +120,5 @@ def fake_record(name: str, train_result: TrainResult, test: EvalResult, source: 
         train=train_result,
         test=test,
         train_tasks=100,
+        meta_batch_size=meta_batch_size,
     )

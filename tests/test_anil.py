@@ -154,6 +154,23 @@ def test_frozen_body_step_changes_only_batchnorm_and_head():
     assert not torch.equal(head.weight, before["weight"])
 
 
+def test_frozen_batchnorm_ablation_trains_only_the_head():
+    body, head = create_anil_network(num_classes=3, image_size=28)
+    anil = ANIL(body, head, inner_lr=0.4, outer_lr=0.01, inner_steps=2, freeze_body=True, freeze_batchnorm=True)
+    before = {k: v.clone() for k, v in body.named_parameters()}
+    assert any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
+    assert anil.trainable_parameters() == [head.weight, head.bias]
+    head_before = head.weight.clone()
+    for seed in range(2):
+        anil.meta_train_step(make_tasks(tasks=2, n_way=3, k_shot=1, k_query=2, size=28, dtype=torch.float32,
+                                        seed=seed))
+    for name, p in body.named_parameters():
+        assert torch.equal(p, before[name]), name  # BatchNorm's weight and bias included: bit-identical
+    assert not torch.equal(head.weight, head_before)
+    with pytest.raises(ValueError, match="freeze_body=True"):
+        ANIL(*create_anil_network(num_classes=3, image_size=28), freeze_batchnorm=True)
+
+
 def test_adapt_and_predict_leave_module_state_untouched():
     body, head = create_anil_network(num_classes=3, image_size=28)
     anil = ANIL(body, head, inner_lr=0.4, inner_steps=2)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
+import math
 import warnings
 
 import pandas as pd
 import pytest
+import torch
 from evaluation_support import fake_eval, fake_record, fake_train, make_anil, make_pool, run
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from evaluation.compare import (
@@ -22,11 +26,22 @@ from evaluation.compare import (
     REQUIRED_ROWS,
     ScenarioRecord,
     comparison_table,
+    distinct_tasks_seen,
+    equal_budget_points,
     format_table,
+    smoothed_loss,
+    tasks_seen,
     training_accuracy,
 )
 from evaluation.evaluate import adaptation_curve, evaluate
-from evaluation.plots import plot_accuracy, plot_adaptation_curves, plot_cost, plot_training_curves, smooth
+from evaluation.plots import (
+    plot_accuracy,
+    plot_adaptation_curves,
+    plot_cost,
+    plot_training_curves,
+    plot_validation_curves,
+    smooth,
+)
 from evaluation.results import load_cached, result_key, result_path, save_result, save_table
 from utils.config import PRESETS
 from utils.networks import parameter_table
@@ -36,12 +51,14 @@ SOURCE = "Omniglot background, supervised"
 
 @pytest.fixture(scope="module")
 def records(background28, evaluation28) -> dict[str, ScenarioRecord]:
-    """S1 (conv4, full ANIL) and S2 (conv4, frozen body) from real 3-iteration runs on the same tasks."""
+    """S1 (conv4, full ANIL) and S2 (conv4, frozen body) from real 3-iteration runs on the same tasks, validated
+    after iterations 2 and 3 (S2) or 3 (S1)."""
     train_pool, test_pool = make_pool(background28, 8, seed=0), make_pool(evaluation28, 10, seed=1)
+    val_pool = make_pool(background28, 4, seed=9)
     out = {}
-    for name, freeze, source in (("S1", False, "random"), ("S2", True, SOURCE)):
+    for name, freeze, source, every in (("S1", False, "random", 3), ("S2", True, SOURCE, 2)):
         learner = make_anil(freeze_body=freeze)
-        train_result = run(learner, train_pool, iterations=3, scenario=name)
+        train_result = run(learner, train_pool, iterations=3, scenario=name, val_pool=val_pool, val_every=every)
         out[name] = ScenarioRecord(
             name=name,
             description=f"conv4, {'frozen body' if freeze else 'full ANIL'}",
@@ -52,6 +69,7 @@ def records(background28, evaluation28) -> dict[str, ScenarioRecord]:
             test=evaluate(learner, test_pool, device="cpu", nil=True, progress=False),
             train_tasks=len(train_pool),
             adaptation_curve=adaptation_curve(learner, test_pool, 3, device="cpu", progress=False),
+            meta_batch_size=2,
         )
     return out
 
@@ -65,9 +83,11 @@ def test_table_has_every_row_and_one_column_per_scenario(records):
         "Loss: best (minimum)",
         "Speed-up vs reference (it/s ratio)",
         "95% CI (±, after adaptation)",
-        "Rank: memory (1 = least)",
+        "Rank: memory (1 = least, CUDA only)",
         "Meta-overfitting flag",
-        "Params/task ratio (trainable / training tasks)",
+        "Params/task ratio (trainable / distinct tasks seen)",
+        "Training tasks: seen (iterations × meta-batch)",
+        "Train–test accuracy gap (same inner steps)",
         "GPU utilisation (%)",
     ):
         assert needed in table.index
@@ -80,16 +100,25 @@ def test_table_values_follow_from_the_records(records):
         column = table[name]
         assert column["Pretraining source"] == record.pretrained_source
         assert column["Parameters: trainable"] == record.params["trainable"]
-        assert column["Params/task ratio (trainable / training tasks)"] == pytest.approx(
-            record.params["trainable"] / record.train_tasks
+        # 3 iterations of 2 tasks from a pool of 8: 6 tasks seen, all distinct.
+        assert column["Training tasks: seen (iterations × meta-batch)"] == 6
+        assert column["Training tasks: distinct seen"] == 6 and column["Training tasks: pool"] == 8
+        assert column["Params/task ratio (trainable / distinct tasks seen)"] == pytest.approx(
+            record.params["trainable"] / 6
         )
-        assert column["Loss: initial"] == record.train.losses[0]
+        assert column["Loss: initial (mean of first 5%)"] == record.train.losses[0]  # 5% of 3: one iteration
+        assert column["Inner steps: training"] == 2 and column["Inner steps: test"] == 2
         assert column["Loss: best (minimum)"] == min(record.train.losses)
         assert column["Loss: maximum"] == max(record.train.losses)
         assert column["Accuracy after adaptation"] == record.test.acc_after
         assert column["Adaptation gain"] == pytest.approx(record.test.acc_after - record.test.acc_before)
         assert column["NIL accuracy (no inner loop)"] == record.test.nil_acc
         assert column["GPU utilisation (%)"] is None and column["Memory measure"] == "peak process RSS"
+        assert column["Rank: memory (1 = least, CUDA only)"] is None  # a CPU process RSS ranks the run order
+        assert column["Accuracy after the training's inner steps"] == record.test.acc_at_train_steps
+        assert column["Train–test accuracy gap (same inner steps)"] == pytest.approx(
+            training_accuracy(record.train) - record.test.acc_at_train_steps
+        )
     assert table.loc["Parameters: trainable", "S2"] < table.loc["Parameters: trainable", "S1"]  # frozen body
     assert table.loc["Speed-up vs reference (it/s ratio)", "S1"] == pytest.approx(1.0)
     speed_ratio = records["S2"].train.iterations_per_s / records["S1"].train.iterations_per_s
@@ -103,23 +132,29 @@ def test_table_values_follow_from_the_records(records):
 
 def test_ranks_ratios_and_overfitting_flag_on_hand_made_records():
     chance = [0.2] * 4
+    cuda = "cuda_max_allocated"
     records = {
         # Best final loss, but test accuracy below the median: flagged by the second rule.
-        "A": fake_record("A", fake_train([2.0, 0.1], [0.5, 0.55], its=10, memory=400), fake_eval(chance, [0.5] * 4)),
-        # Training accuracy 0.95 vs test 0.7: gap 0.25 > 0.10, flagged by the first rule.
-        "B": fake_record("B", fake_train([2.0, 0.5], [0.9, 0.95], its=20, memory=200), fake_eval(chance, [0.7] * 4)),
-        "C": fake_record("C", fake_train([2.0, 0.9], [0.6, 0.65], its=5, memory=800), fake_eval(chance, [0.6] * 4)),
+        "A": fake_record("A", fake_train([2.0, 0.1], [0.5, 0.55], its=10, memory=400, memory_kind=cuda),
+                         fake_eval(chance, [0.5] * 4)),
+        # Training accuracy 0.95 vs test 0.7 at the training's steps: gap 0.25 > 0.10, flagged by the first rule.
+        "B": fake_record("B", fake_train([2.0, 0.5], [0.9, 0.95], its=20, memory=200, memory_kind=cuda),
+                         fake_eval(chance, [0.9] * 4, at_train_steps=0.7)),
+        "C": fake_record("C", fake_train([2.0, 0.9], [0.6, 0.65], its=5, memory=800, memory_kind=cuda),
+                         fake_eval(chance, [0.6] * 4)),
     }
     table = comparison_table(records, reference="C")
     assert table.loc["Meta-overfitting flag"].tolist() == [True, True, False]
-    assert table.loc["Train–test accuracy gap"].tolist() == pytest.approx([0.05, 0.25, 0.05])
+    assert table.loc["Train–test accuracy gap (same inner steps)"].tolist() == pytest.approx([0.05, 0.25, 0.05])
     assert table.loc["Rank: training loss (final, 1 = lowest)"].tolist() == [1, 2, 3]
     assert table.loc["Rank: test accuracy (1 = highest)"].tolist() == [3, 1, 2]
     assert table.loc["Rank: speed (1 = fastest)"].tolist() == [2, 1, 3]
-    assert table.loc["Rank: memory (1 = least)"].tolist() == [2, 1, 3]
+    assert table.loc["Rank: memory (1 = least, CUDA only)"].tolist() == [2, 1, 3]
     assert table.loc["Speed-up vs reference (it/s ratio)"].tolist() == pytest.approx([2.0, 4.0, 1.0])
-    assert table.loc["Memory vs reference (ratio)"].tolist() == pytest.approx([0.5, 0.25, 1.0])
+    assert table.loc["Memory vs reference (ratio, CUDA only)"].tolist() == pytest.approx([0.5, 0.25, 1.0])
     assert training_accuracy(records["B"].train) == 0.95  # last 10% of 2 iterations: the last one
+    assert training_accuracy(records["B"].train, "first") == 0.9
+    assert table.loc["Training accuracy (first 10% of iterations)"].tolist() == [0.5, 0.9, 0.6]
     with pytest.raises(ValueError, match="reference 'S9'"):
         comparison_table(records, reference="S9")
 
@@ -172,14 +207,19 @@ def test_save_table_writes_csv_and_json(records, tmp_path):
 
 
 def test_plots_are_figures_labelled_with_the_pretraining_source(records):
-    for plot in (plot_training_curves, plot_accuracy, plot_cost, plot_adaptation_curves):
+    for plot in (plot_training_curves, plot_accuracy, plot_cost, plot_adaptation_curves, plot_validation_curves):
         figure = plot(records)
         assert isinstance(figure, Figure)
         texts = [t.get_text() for ax in figure.axes for t in ax.get_xticklabels()]
         texts += [t.get_text() for ax in figure.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
-        assert any(SOURCE in text for text in texts), plot.__name__
+        assert any(SOURCE in " ".join(text.split()) for text in texts), plot.__name__  # labels may be wrapped
         figure.savefig(io.BytesIO(), format="png")  # renders headless
     assert smooth([1.0, 0.0], alpha=0.5).tolist() == pytest.approx([1.0, 1 / 3])  # bias-corrected EMA
+    by_iteration, by_time = plot_validation_curves(records).axes  # both panels: the runs recorded their times
+    assert [c.lines[0].get_xdata().tolist() for c in by_iteration.containers] == [[3], [2]]  # S1: 3; S2: 2
+    assert by_time.get_xlabel().startswith("training time")
+    with pytest.raises(ValueError, match="val_every"):
+        plot_validation_curves(_five_scenarios())
 
 
 def test_long_adaptation_curves_get_a_symlog_axis_with_plain_step_labels():
@@ -212,3 +252,101 @@ def test_run_scenario_evaluates_each_side_at_its_own_test_steps(background28, ev
     assert records[MAML_SPEC.name].adaptation_curve is None
     again = run_scenario(SCENARIOS["S2"], config, pools, "cpu", results_dir=tmp_path, progress=False)
     assert again.test.per_task_after == records["S2"].test.per_task_after
+
+
+def _five_scenarios() -> dict[str, ScenarioRecord]:
+    sources = ["random", "random", SOURCE, SOURCE, "random"]
+    archs = ["conv4", "conv4", "resnet18", "resnet18", "conv4"]
+    out = {}
+    for i, name in enumerate(["S1", "S2", "S3", "S4", "ANIL (MAML budget)"]):
+        record = fake_record(name, fake_train([1.0, 0.5], [0.4, 0.6]), fake_eval([0.2] * 3, [0.8] * 3), sources[i])
+        out[name] = dataclasses.replace(record, architecture=archs[i])
+    return out
+
+
+@pytest.mark.parametrize("plot", [plot_accuracy, plot_cost])
+def test_bar_labels_of_five_scenarios_do_not_overlap(plot):
+    figure = plot(_five_scenarios())
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()  # lays the labels out
+    renderer = canvas.get_renderer()
+    for ax in figure.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        assert len(boxes) == 5
+        for left, right in itertools.pairwise(boxes):
+            assert left.x1 < right.x0, (plot.__name__, left, right)
+
+
+def test_tasks_seen_are_capped_by_the_pool_and_unknown_without_a_meta_batch_size():
+    record = fake_record("S", fake_train([1.0] * 30, [0.5] * 30), fake_eval([0.2], [0.8]), meta_batch_size=16)
+    assert tasks_seen(record) == 480 and distinct_tasks_seen(record) == 100  # pool of 100, 30 x 16 drawn
+    unknown = dataclasses.replace(record, meta_batch_size=None)
+    assert tasks_seen(unknown) is None and distinct_tasks_seen(unknown) is None
+    column = comparison_table({"S": unknown})["S"]
+    assert column["Params/task ratio (trainable / distinct tasks seen)"] is None
+    assert ScenarioRecord.from_dict({k: v for k, v in unknown.to_dict().items() if k != "meta_batch_size"}) == unknown
+
+
+def test_initial_and_final_losses_are_means_of_the_first_and_last_five_percent():
+    losses = [3.0] * 5 + [2.0] * 90 + [1.0, 1.2, 0.8, 1.0, 5.0]  # one noisy last iteration
+    assert smoothed_loss(losses, "first") == pytest.approx(3.0)
+    assert smoothed_loss(losses, "last") == pytest.approx(1.8)
+    assert smoothed_loss([2.0, 4.0], "last") == 4.0  # at least one iteration
+    record = fake_record("S", fake_train(losses, [0.5] * 100), fake_eval([0.2], [0.8]))
+    assert comparison_table({"S": record}).loc["Loss: final (mean of last 5%)", "S"] == pytest.approx(1.8)
+
+
+def test_gap_is_not_measured_without_the_accuracy_at_the_training_steps():
+    test = dataclasses.replace(fake_eval([0.2] * 2, [0.9] * 2), acc_at_train_steps=None, train_steps=None)
+    record = fake_record("MAML", fake_train([1.0, 0.5], [0.99, 0.99]), test)
+    row = "Train–test accuracy gap (same inner steps)"
+    table = comparison_table({"MAML": record})
+    assert math.isnan(table.loc[row, "MAML"]) and format_table(table).loc[row, "MAML"] == "n/a"
+    assert table.loc["Meta-overfitting flag", "MAML"] == False  # noqa: E712 (a numpy bool)
+
+
+def test_equal_budget_points_at_equal_iterations_and_equal_time():
+    def history(points):
+        return [{"iteration": i, "acc": a, "ci": 0.01, "wall_time_s": t, "per_task": [a] * 3} for i, t, a in points]
+
+    s1 = fake_train([1.0] * 400, [0.5] * 400, val_history=history([(300, 52.0, 0.90)]))
+    s2 = fake_train([1.0] * 1200, [0.5] * 1200,
+                    val_history=history([(300, 45.0, 0.91), (600, 90.0, 0.93), (900, 135.0, 0.94)]))
+    points = equal_budget_points(s1, s2)
+    assert [p.iteration for p in points["iterations"]] == [300, 300]
+    assert [p.iteration for p in points["time"]] == [300, 300]  # S2's next validation (90 s) exceeds S1's 52 s
+    longer = fake_train([1.0] * 400, [0.5] * 400, val_history=history([(300, 100.0, 0.90)]))
+    assert [p.iteration for p in equal_budget_points(longer, s2)["time"]] == [300, 600]
+    untimed = fake_train([1.0], [0.5], val_history=[{"iteration": 300, "acc": 0.9, "ci": 0.01}])
+    assert equal_budget_points(untimed, s2)["time"] is None
+    assert equal_budget_points(untimed, s2)["iterations"][0].per_task is None
+    assert equal_budget_points(fake_train([1.0], [0.5]), s2) == {"iterations": None, "time": None}
+
+
+def test_untrained_body_adapts_a_zero_head_and_the_frozen_batchnorm_ablation_trains_only_the_head(evaluation28):
+    from algorithms.anil import ANIL
+    from evaluation.scenarios import ABLATIONS, build_network, evaluate_untrained_head, make_learner
+
+    config = PRESETS["smoke"].replace(test_inner_steps=3)
+    pool = make_pool(evaluation28, 6, seed=2)
+    body, _ = build_network("conv4", config)
+    state = {k: v.clone() for k, v in body.state_dict().items()}
+    result = evaluate_untrained_head(state, "random", config, pool, "cpu", architecture="conv4", progress=False)
+    assert result.per_task_before == pytest.approx([0.2] * 6)  # equal logits: class 0, 1 query in 5
+    assert result.steps == 3 and result.nil_acc is not None and result.per_task_nil is not None
+    reference_body, head = build_network("conv4", config, state)
+    head.weight.data.zero_()
+    head.bias.data.zero_()
+    learner = ANIL(reference_body, head, config.inner_lr, inner_steps=config.inner_steps)
+    expected = []
+    for i in range(len(pool)):
+        support_x, support_y, query_x, query_y = pool.batch([i])
+        with torch.no_grad():
+            logits = learner.predict(query_x, learner.adapt(support_x, support_y, steps=3))
+        expected.append((logits.argmax(-1) == query_y).float().mean().item())
+    assert result.per_task_after == pytest.approx(expected, abs=1e-6)
+
+    spec = ABLATIONS["S4 (BatchNorm frozen)"]
+    ablation = make_learner(spec, *build_network(spec.architecture, config), config)
+    assert ablation.trainable_parameters() == list(ablation.head.parameters())
+    assert parameter_table(ablation.body, ablation.head)["trainable"] == 2565  # ResNet18's 5-way head only

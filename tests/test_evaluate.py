@@ -110,7 +110,19 @@ def test_maml_uses_the_generic_adapt_predict_path(evaluation28):
     small = make_pool(evaluation28, num_tasks=4, seed=5)
     result = evaluate(maml, small, device="cpu", progress=False)
     assert result.per_task_after == pytest.approx(reference_accuracies(maml, small, 1), abs=1e-6)
-    with pytest.raises(ValueError, match="NIL needs an ANIL learner"):
+    assert result.train_steps is None and result.acc_at_train_steps is None  # MAML would adapt once more
+    with pytest.raises(ValueError, match="NIL needs a learner with a features"):
         evaluate(maml, small, device="cpu", nil=True, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate(maml, small, device="cpu", batch_size=0, progress=False)
+
+
+def test_accuracy_at_the_training_steps_matches_adapt_and_predict(pool):
+    learner = make_anil(inner_steps=2)
+    result = evaluate(learner, pool, device="cpu", steps=4, progress=False)
+    at_two = reference_accuracies(learner, pool, 2)
+    assert (result.steps, result.train_steps) == (4, 2)
+    assert (result.acc_at_train_steps, result.ci_at_train_steps) == pytest.approx(confidence_interval(at_two))
+    assert result.per_task_after == pytest.approx(reference_accuracies(learner, pool, 4), abs=1e-6)
+    same = evaluate(learner, pool, device="cpu", progress=False)  # test steps = training steps
+    assert same.acc_at_train_steps == same.acc_after and same.train_steps == 2

@@ -160,6 +160,9 @@ def test_validation_runs_on_the_validation_pool_every_k_iterations(pool, backgro
     assert [entry["iteration"] for entry in result.val_history] == [2, 4]
     final = evaluate(learner, val_pool, device="cpu", progress=False)
     assert result.val_history[-1]["acc"] == final.acc_after and result.val_history[-1]["ci"] == final.ci_after
+    assert result.val_history[-1]["per_task"] == final.per_task_after  # paired comparisons at equal budgets
+    times = [entry["wall_time_s"] for entry in result.val_history]
+    assert 0 < times[0] < times[1] == result.wall_time_s  # training seconds so far, validations excluded
     with pytest.raises(ValueError, match="val_pool"):
         run(make_anil(), pool, iterations=2, val_every=2)
 

@@ -206,17 +206,22 @@ def count_batchnorm_parameters(module: nn.Module) -> int:
     return sum(p.numel() for m in module.modules() if _is_batchnorm(m) for p in m.parameters(recurse=False))
 
 
-def freeze_body(body: nn.Module) -> nn.Module:
-    """Freeze every body parameter except the BatchNorm affine ones (weight and bias stay trainable).
+def freeze_body(body: nn.Module, train_batchnorm: bool = True) -> nn.Module:
+    """Freeze every body parameter except, by default, the BatchNorm affine ones (weight and bias).
 
     Sets ``requires_grad`` in place (also re-enabling BatchNorm parameters frozen earlier) and leaves the
     running statistics alone. The head is a separate module and is not touched.
+
+    Args:
+        body: the feature extractor.
+        train_batchnorm: keep the BatchNorm affine parameters trainable; ``False`` freezes the whole body (the
+            ablation that shows what S4's trainable BatchNorm buys).
 
     Returns:
         ``body`` itself, for chaining.
     """
     for module in body.modules():
-        keep_trainable = _is_batchnorm(module)
+        keep_trainable = train_batchnorm and _is_batchnorm(module)
         for parameter in module.parameters(recurse=False):
             parameter.requires_grad_(keep_trainable)
     return body
