@@ -27,12 +27,14 @@ from evaluation.results import load_cached, result_key, save_result
 from evaluation.training import train
 from utils.config import Config
 from utils.data import OmniglotSplit, split_characters
+from utils.io import display_path
 from utils.networks import (
     WeightsUnavailableError,
     create_anil_network,
     create_pretrained_resnet_body,
     parameter_table,
 )
+from utils.splits import vinyals_split
 from utils.tasks import TaskPool, make_task_pool
 
 
@@ -72,30 +74,47 @@ ANIL_AT_MAML_BUDGET = ScenarioSpec("ANIL (MAML budget)", "conv4 ANIL, second ord
 class TaskPools:
     """The fixed task pools every scenario shares."""
 
-    train: TaskPool  # background characters minus the validation ones
-    val: TaskPool  # held-out background characters: model selection only
-    test: TaskPool  # images_evaluation, >= 600 tasks
-    test_seed: TaskPool  # images_evaluation, the seed's 100 tasks
+    train: TaskPool  # official: background characters minus the validation ones; vinyals: its 1,028 x 4
+    val: TaskPool  # held-out characters: model selection only
+    test: TaskPool  # official: images_evaluation; vinyals: its 423 x 4 characters; >= 600 tasks
+    test_seed: TaskPool  # the same characters as test, the seed's 100 tasks
     train_images: torch.Tensor  # uint8 (characters, 20, H, W) of the training characters
 
 
 def make_pools(background: OmniglotSplit, evaluation: OmniglotSplit, config: Config) -> TaskPools:
-    """Seeded training, validation and evaluation pools; evaluation tasks come from ``images_evaluation`` only."""
-    train_idx, val_idx = split_characters(background, config.val_fraction, np.random.default_rng(config.seed))
+    """Seeded training, validation and test pools over the characters of ``config.split``.
+
+    ``"official"``: training and validation characters from ``images_background`` (``val_fraction`` held out),
+    test tasks from ``images_evaluation`` only. ``"vinyals"``: the characters listed by :func:`vinyals_split`,
+    from both folders, every pool with rotations (each rotation of a character is a class, as in the lists).
+    """
+    train_images, val_images, test_images, rotations = _split_images(background, evaluation, config)
     shape = (config.n_way, config.k_shot, config.k_query)
 
-    def pool(images: torch.Tensor, tasks: int, offset: int, rotations: bool = False) -> TaskPool:
+    def pool(images: torch.Tensor, tasks: int, offset: int, rotated: bool) -> TaskPool:
         generator = torch.Generator().manual_seed(config.seed * 1000 + offset)
-        return make_task_pool(images, tasks, *shape, generator, rotations=rotations)
+        return make_task_pool(images, tasks, *shape, generator, rotations=rotated)
 
-    train_images = background.images[train_idx]
     return TaskPools(
-        train=pool(train_images, config.train_tasks, 1, config.rotations),
-        val=pool(background.images[val_idx], config.val_tasks, 2),
-        test=pool(evaluation.images, config.test_tasks, 3),
-        test_seed=pool(evaluation.images, config.seed_test_tasks, 4),
+        train=pool(train_images, config.train_tasks, 1, config.rotations or rotations),
+        val=pool(val_images, config.val_tasks, 2, rotations),
+        test=pool(test_images, config.test_tasks, 3, rotations),
+        test_seed=pool(test_images, config.seed_test_tasks, 4, rotations),
         train_images=train_images,
     )
+
+
+def _split_images(background: OmniglotSplit, evaluation: OmniglotSplit, config: Config
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Train, validation and test images ``(characters, 20, H, W)`` of ``config.split``, and whether every pool
+    rotates (the Vinyals lists name rotated classes)."""
+    if config.split == "vinyals":
+        split = vinyals_split(background, evaluation)
+        return split.train, split.val, split.test, True
+    if config.split != "official":
+        raise ValueError(f"split must be 'official' or 'vinyals', got {config.split!r}.")
+    train_idx, val_idx = split_characters(background, config.val_fraction, np.random.default_rng(config.seed))
+    return background.images[train_idx], background.images[val_idx], evaluation.images, False
 
 
 def build_network(arch: str, config: Config, body_state: Mapping[str, torch.Tensor] | None = None,
@@ -177,7 +196,7 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
     key = result_key(config, spec.name, spec=spec.__dict__, iterations=iterations, source=source)
     cached = load_cached(results_dir, spec.name, key) if reuse else None
     if cached is not None:
-        print(f"{spec.name}: loaded the cached result of this exact configuration ({results_dir}).")
+        print(f"{spec.name}: loaded the cached result of this exact configuration ({display_path(results_dir)}).")
         return cached
     body, head = build_network(spec.architecture, config, body_state, source)
     learner = make_learner(spec, body.to(device), head.to(device), config)
