@@ -135,7 +135,8 @@ def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
             raise ValueError(f"fingerprint {payload['fingerprint']} != {key}")
         return {"state_dict": payload["state_dict"], "stats": dict(payload["stats"])}
     except Exception as err:  # damaged files raise UnpicklingError, EOFError, IndexError, RuntimeError alike
-        warnings.warn(f"Pre-training cache {display_path(path)} is unusable ({type(err).__name__}); retraining.", stacklevel=3)
+        warnings.warn(f"Pre-training cache {display_path(path)} is unusable ({type(err).__name__}); retraining.",
+                      stacklevel=3)
         return None
 
 

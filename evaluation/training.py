@@ -263,7 +263,8 @@ class _Trainer:
     def _non_finite_message(self, loss: float) -> str:
         s, lrn = self.settings, self.learner
         kept = (
-            f"the last good checkpoint {display_path(s.checkpoint_path)} (iteration {self.last_checkpoint}) is unchanged"
+            f"the last good checkpoint {display_path(s.checkpoint_path)} (iteration {self.last_checkpoint}) "
+            "is unchanged"
             if self.last_checkpoint is not None
             else "no checkpoint had been written"
         )
@@ -326,7 +327,8 @@ class _Trainer:
     def _stop(self) -> TrainResult:
         """Clean end after ``KeyboardInterrupt``: final checkpoint, notice, partial result."""
         self.checkpoint(force=True)
-        saved = f"; checkpoint: {display_path(self.settings.checkpoint_path)}" if self.last_checkpoint is not None else ""
+        checkpoint = self.settings.checkpoint_path
+        saved = f"; checkpoint: {display_path(checkpoint)}" if self.last_checkpoint is not None else ""
         print(
             f"Training of {self.settings.scenario} interrupted after {self.state.iteration} of "
             f"{self.settings.iterations} iterations; the history so far is kept{saved}."

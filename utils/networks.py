@@ -402,7 +402,8 @@ def _read_weight_file(path: Path, weights: WeightsEnum) -> Mapping[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # damaged files raise UnpicklingError, EOFError, KeyError or RuntimeError alike
         raise ValueError(
-            f"Cannot read the weight file {display_path(path)} ({type(err).__name__}: {_first_sentence(err)}). Expected a "
+            f"Cannot read the weight file {display_path(path)} ({type(err).__name__}: {_first_sentence(err)}). "
+            "Expected a "
             f"state dict saved with torch.save, such as {_official_file_hint(weights)}; download it again."
         ) from err
     if not isinstance(state, Mapping):

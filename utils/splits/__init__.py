@@ -59,7 +59,7 @@ def read_split_list(path: str | Path) -> list[str]:
         raise FileNotFoundError(f"Split list {display_path(path)} does not exist; it ships in {SPLITS_DIR.name}/.")
     rotations: dict[str, set[str]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").split(), start=1):
-        alphabet, character, rotation = (line.split("/") + ["", ""])[:3]
+        alphabet, character, rotation = [*line.split("/"), "", ""][:3]
         if not (alphabet and character) or rotation not in ROTATIONS or line.count("/") != 2:
             raise ValueError(f"{display_path(path)} line {number}: expected Alphabet/characterNN/rotNNN, got {line!r}.")
         rotations.setdefault(f"{alphabet}/{character}", set()).add(rotation)
