@@ -11,6 +11,7 @@ drawn with ink dark on a light background (``gray_r``), whatever the stored pola
 
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 from typing import Any, NamedTuple
@@ -132,7 +133,6 @@ def _show(ax: Axes, image: torch.Tensor, title: str, fontsize: float = 9) -> Non
 RIGHT_COLOUR = "#1a9850"  # green: prediction right
 WRONG_COLOUR = "#d73027"  # red: prediction wrong
 _TILE_PAD = 2  # pixels of border around each image, coloured right/wrong on query tiles
-_LABEL_BAND = 0.55  # height of the text band under each tile, as a fraction of the image side
 
 
 class TaskPredictions(NamedTuple):
@@ -216,55 +216,109 @@ def predictions_figure(
 ) -> Figure:
     """Draw support set and two sets of query predictions of one task (see :func:`plot_predictions`).
 
-    With ``extra_panel`` a fourth, ordinary axes is added on the right (``fig.axes[3]``) for the caller to fill.
-    Each panel is one mosaic image with text captions, not one axes per image: a redraw stays cheap enough for
-    a live widget.
+    The three panels are one RGB mosaic shown 1:1 in ``fig.axes[0]``, captions drawn into its pixels: a
+    matplotlib text per image would cost more to render than everything else, and the playground redraws this
+    figure live. ``fig.captions`` maps each panel (``"support"``, ``"before"``, ``"after"``) to the
+    ``(caption, colour)`` of every image, in the batch's order. With ``extra_panel`` an ordinary axes
+    ``fig.axes[1]`` is added on the right for the caller.
     """
     single = one_task(batch, task, "cpu")
     n_way = int(single.support_y.max()) + 1
-    widths = [1.0, 1.0, 1.0, 1.15] if extra_panel else [1.0, 1.0, 1.0]
-    fig = Figure(figsize=(2.9 * len(widths), 3.6))
-    axes = fig.subplots(1, len(widths), gridspec_kw={"width_ratios": widths, "wspace": 0.12})
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.84, bottom=0.08 if extra_panel else 0.02)
     k_shot = single.support_y.shape[1] // n_way
-    _draw_mosaic(axes[0], single.support_x[0, :, 0], single.support_y[0], n_way,
-                 [f"label {int(y)}" for y in single.support_y[0]], None, f"Support set ({n_way}-way {k_shot}-shot)")
-    for ax, answers, name in ((axes[1], before, "Before adaptation (0 steps)"),
-                              (axes[2], after, f"After {_steps_text(after.steps)}")):
-        captions = [f"{int(p)}: {c:.0%}" for p, c in zip(answers.predicted, answers.confidence, strict=True)]
-        colours = [RIGHT_COLOUR if ok else WRONG_COLOUR for ok in answers.correct.tolist()]
-        right = int(answers.correct.sum())
-        _draw_mosaic(ax, single.query_x[0, :, 0], single.query_y[0], n_way, captions, colours,
-                     f"{name}\n{right}/{len(captions)} right (predicted: probability)")
-    fig.suptitle("Query images in columns by true label; frame green = right, red = wrong", fontsize=9)
+    panels = [("support", single.support_x[0, :, 0], single.support_y[0],
+               [(f"label {int(y)}", "black") for y in single.support_y[0]], f"Support set ({n_way}-way {k_shot}-shot)")]
+    for gid, answers, name in (("before", before, "Before adaptation (0 steps)"),
+                               ("after", after, f"After {_steps_text(after.steps)}")):
+        captions = [(f"{int(p)}: {c:.0%}", RIGHT_COLOUR if ok else WRONG_COLOUR)
+                    for p, c, ok in zip(answers.predicted, answers.confidence, answers.correct.tolist(), strict=True)]
+        title = f"{name}: {int(answers.correct.sum())}/{len(captions)} right"
+        panels.append((gid, single.query_x[0, :, 0], single.query_y[0], captions, title))
+    mosaic, offsets = _panels_mosaic(panels, n_way)
+    height, width = mosaic.shape[:2]
+    side = 3.3 if extra_panel else 0.0  # inches for the caller's panel
+    fig = Figure(figsize=(width / _DPI + side + 0.1, height / _DPI + 0.55), dpi=_DPI)
+    ax = fig.add_axes((0.05 / fig.get_figwidth(), 0.2 / fig.get_figheight(), width / _DPI / fig.get_figwidth(),
+                       height / _DPI / fig.get_figheight()))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for offset, (_, _, _, _, title) in zip(offsets, panels, strict=True):
+        ax.text(offset, -4, title, ha="left", va="bottom", fontsize=8.5)
+    fig.text(0.05 / fig.get_figwidth(), 0.04, "Queries in columns by true label; caption = predicted label: its "
+             "probability; frame green = right, red = wrong.", fontsize=7)
+    if extra_panel:
+        left = (width / _DPI + 0.75) / fig.get_figwidth()
+        fig.add_axes((left, 0.25, 1 - left - 0.02, 0.6))
     fig.predictions = {"before": before, "after": after}
+    fig.captions = {gid: captions for gid, _, _, captions, _ in panels}
     return fig
+
+
+_DPI = 100
+_TILE = 56  # display side of one image in mosaic pixels: Omniglot at 28 px doubled, 105 px reduced
+_FONT_PX = 15
+
+
+def _panels_mosaic(panels: list[tuple], n_way: int) -> tuple[np.ndarray, list[int]]:
+    """Panels ``(gid, images (n, H, W), labels, captions, title)`` side by side as one uint8 RGB image, and the
+    x offset of each panel."""
+    mosaics = [_mosaic(images, labels, n_way, captions) for _, images, labels, captions, _ in panels]
+    height, gap = max(m.shape[0] for m in mosaics), np.full((1, _TILE // 2, 3), 255, np.uint8)
+    offsets, parts = [], []
+    for mosaic in mosaics:
+        offsets.append(sum(p.shape[1] for p in parts))
+        parts += [np.pad(mosaic, ((0, height - mosaic.shape[0]), (0, 0), (0, 0)), constant_values=255),
+                  gap.repeat(height, 0)]
+    return np.concatenate(parts[:-1], axis=1), offsets
+
+
+def caption_cells(labels: torch.Tensor, n_way: int) -> list[tuple[int, int]]:
+    """``(row, column)`` of each image of a set in its panel: a column per label (in order), a row per shot."""
+    order = torch.argsort(labels.cpu(), stable=True).tolist()  # label-major: column j holds label j
+    rows, cells = len(order) // n_way, [(0, 0)] * len(order)
+    for slot, i in enumerate(order):
+        cells[i] = (slot % rows, slot // rows)
+    return cells
+
+
+def mosaic_cell_size() -> tuple[int, int]:
+    """Height and width, in mosaic pixels, of one image's cell: frame, image, frame, caption band."""
+    return _TILE + 2 * _TILE_PAD + _FONT_PX + 6, _TILE + 2 * _TILE_PAD
+
+
+def _mosaic(images: torch.Tensor, labels: torch.Tensor, n_way: int, captions: list[tuple[str, str]]) -> np.ndarray:
+    """uint8 RGB mosaic of images ``(n, H, W)`` (float, ink = 1) with ink dark, each framed and captioned in the
+    colour of its ``(caption, colour)`` (grey frame when the colour is black)."""
+    from PIL import Image, ImageDraw
+
+    cells = caption_cells(labels, n_way)
+    (cell_h, cell_w), rows = mosaic_cell_size(), len(cells) // n_way
+    mode = "nearest" if _TILE % images.shape[-1] == 0 else "bilinear"
+    tiles = torch.nn.functional.interpolate(images.detach().float().cpu()[:, None], size=(_TILE, _TILE), mode=mode)
+    tiles = ((1.0 - tiles[:, 0].clamp(0, 1)) * 255).round().to(torch.uint8).numpy()
+    mosaic = np.full((rows * cell_h, n_way * cell_w, 3), 255, np.uint8)
+    for i, (row, column) in enumerate(cells):
+        top, left = row * cell_h, column * cell_w
+        colour = captions[i][1]
+        frame = (191, 191, 191) if colour == "black" else [round(255 * c) for c in to_rgb(colour)]
+        mosaic[top : top + _TILE + 2 * _TILE_PAD, left : left + cell_w] = frame
+        inner = slice(top + _TILE_PAD, top + _TILE_PAD + _TILE), slice(left + _TILE_PAD, left + _TILE_PAD + _TILE)
+        mosaic[inner] = tiles[i, ..., None]
+    image = Image.fromarray(mosaic)
+    draw, font = ImageDraw.Draw(image), _caption_font()
+    for i, (row, column) in enumerate(cells):
+        centre = (column * cell_w + cell_w / 2, row * cell_h + _TILE + 2 * _TILE_PAD + (_FONT_PX + 6) / 2)
+        draw.text(centre, captions[i][0], fill=captions[i][1], font=font, anchor="mm")
+    return np.asarray(image)
+
+
+@functools.lru_cache(maxsize=1)
+def _caption_font() -> Any:
+    """DejaVu Sans (shipped with matplotlib) at the caption size, for PIL."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), _FONT_PX)
 
 
 def _steps_text(steps: int | None) -> str:
     return "adaptation" if steps is None else f"{steps} step{'s' * (steps != 1)}"
-
-
-def _draw_mosaic(ax: Axes, images: torch.Tensor, labels: torch.Tensor, n_way: int, captions: list[str],
-                 colours: list[str] | None, title: str) -> None:
-    """Draw images ``(n, H, W)`` (float, ink = 1) as one mosaic: a column per label, a caption under each tile.
-
-    ``colours`` (one per image, or None for black captions and grey frames) colour each frame and caption.
-    """
-    order = torch.argsort(labels.cpu(), stable=True).tolist()  # label-major: column j holds label j
-    rows, (height, width) = len(order) // n_way, images.shape[-2:]
-    band = round(_LABEL_BAND * height)
-    cell_h, cell_w = height + 2 * _TILE_PAD + band, width + 2 * _TILE_PAD
-    mosaic = np.ones((rows * cell_h, n_way * cell_w, 3))
-    for slot, i in enumerate(order):
-        top, left = (slot % rows) * cell_h, (slot // rows) * cell_w
-        frame = to_rgb(colours[i]) if colours else (0.75, 0.75, 0.75)
-        mosaic[top : top + height + 2 * _TILE_PAD, left : left + cell_w] = frame
-        tile = 1.0 - images[i].detach().float().cpu().clamp(0, 1).numpy()
-        mosaic[top + _TILE_PAD : top + _TILE_PAD + height, left + _TILE_PAD : left + _TILE_PAD + width] = tile[
-            ..., None]
-        ax.text(left + cell_w / 2, top + height + 2 * _TILE_PAD + band / 2, captions[i], ha="center", va="center",
-                fontsize=7, color=colours[i] if colours else "black")
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
-    ax.set_axis_off()
