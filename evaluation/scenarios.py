@@ -23,11 +23,11 @@ from algorithms.maml import MAML
 from evaluation.compare import ScenarioRecord
 from evaluation.evaluate import adaptation_curve, evaluate
 from evaluation.pretrain import PRETRAIN_SOURCE, pretrain_body
-from evaluation.results import load_cached, result_key, save_result
+from evaluation.results import load_cached, result_key, result_path, save_result
 from evaluation.training import train
 from utils.config import Config
 from utils.data import OmniglotSplit, split_characters
-from utils.io import display_path
+from utils.io import atomic_torch_save, display_path
 from utils.networks import (
     WeightsUnavailableError,
     create_anil_network,
@@ -193,8 +193,9 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
         progress: show progress bars.
     """
     iterations, test_steps = getattr(config, spec.iterations_field), getattr(config, spec.test_steps_field)
-    key = result_key(config, spec.name, spec=spec.__dict__, iterations=iterations, source=source)
-    cached = load_cached(results_dir, spec.name, key) if reuse else None
+    weights = weights_path(spec, config, results_dir, source)
+    # A result without its trained weights (written by older code) is recomputed: the playground needs them.
+    cached = load_cached(results_dir, spec.name, _key(spec, config, source)) if reuse and weights.is_file() else None
     if cached is not None:
         print(f"{spec.name}: loaded the cached result of this exact configuration ({display_path(results_dir)}).")
         return cached
@@ -216,4 +217,36 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
                                           progress=progress) if spec.algorithm == "anil" else None,
     )
     save_result(results_dir, record, config, spec=spec.__dict__, iterations=iterations, source=source)
+    atomic_torch_save({"body": body.state_dict(), "head": head.state_dict()}, weights)
     return record
+
+
+def _key(spec: ScenarioSpec, config: Config, source: str) -> str:
+    """Cache key of a scenario's result and weights: the whole configuration, the scenario, its budget, source."""
+    iterations = getattr(config, spec.iterations_field)
+    return result_key(config, spec.name, spec=spec.__dict__, iterations=iterations, source=source)
+
+
+def weights_path(spec: ScenarioSpec, config: Config, results_dir: str | Path, source: str = "random") -> Path:
+    """Where :func:`run_scenario` saves the trained body and head: beside the result, ``<scenario>-<key>.pt``."""
+    return result_path(results_dir, spec.name, _key(spec, config, source)).with_suffix(".pt")
+
+
+def trained_learner(spec: ScenarioSpec, config: Config, device: torch.device, *, results_dir: str | Path,
+                    source: str = "random") -> ANIL | MAML:
+    """The learner that :func:`run_scenario` trained with the same arguments, rebuilt from its saved weights.
+
+    Raises:
+        FileNotFoundError: the scenario has not been run with this configuration (run it first).
+    """
+    path = weights_path(spec, config, results_dir, source)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No trained weights of {spec.name} for this configuration at {display_path(path)}; "
+            "run run_scenario with the same config, results_dir and source first."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    body, head = build_network(spec.architecture, config, source=source)
+    body.load_state_dict(state["body"])
+    head.load_state_dict(state["head"])
+    return make_learner(spec, body.to(device), head.to(device), config)

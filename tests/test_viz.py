@@ -100,55 +100,43 @@ def trained_anil(background28):
     return learner
 
 
-def _caption_texts(ax) -> list:
-    return [t for t in ax.texts if ":" in t.get_text()]
-
-
 def test_plot_predictions_colours_and_probabilities_match_the_learner(trained_anil, evaluation28):
-    from matplotlib.colors import same_color
-
     from utils.viz import RIGHT_COLOUR, WRONG_COLOUR, plot_predictions
 
     batch = sample_tasks(evaluation28.images, 3, 5, 1, 4, torch.Generator().manual_seed(2))
     fig = plot_predictions(trained_anil, batch, task=2, steps=10)
     # Independent reference: the learner's own adapt/predict on the whole batch, then softmax.
     with torch.no_grad():
-        for panel, steps in ((1, 0), (2, 10)):
+        for panel, steps in (("before", 0), ("after", 10)):
             fast = trained_anil.adapt(batch.support_x, batch.support_y, steps=steps)
             probs = trained_anil.predict(batch.query_x, fast)[2].softmax(-1)
-            drawn = fig.predictions["before" if steps == 0 else "after"]
+            drawn = fig.predictions[panel]
             torch.testing.assert_close(drawn.probabilities, probs, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(drawn.probabilities.sum(-1), torch.ones(20))
             right = probs.argmax(-1) == batch.query_y[2]
-            texts = _caption_texts(fig.axes[panel])
-            assert len(texts) == 20
-            # Each caption "<label>: <p>%" is one query's answer, coloured by right/wrong.
-            shown = sorted((t.get_text(), same_color(t.get_color(), RIGHT_COLOUR)) for t in texts)
-            expected = sorted((f"{int(p.argmax())}: {float(p.max()):.0%}", bool(ok)) for p, ok in
-                              zip(probs, right, strict=True))
-            assert shown == expected
-            assert all(same_color(t.get_color(), RIGHT_COLOUR) or same_color(t.get_color(), WRONG_COLOUR)
-                       for t in texts)
-            assert f"{int(right.sum())}/20 right" in fig.axes[panel].get_title()
+            # Each caption "<label>: <p>%" is one query's answer, coloured by right/wrong, in batch order.
+            expected = [(f"{int(p.argmax())}: {float(p.max()):.0%}", RIGHT_COLOUR if ok else WRONG_COLOUR)
+                        for p, ok in zip(probs, right, strict=True)]
+            assert fig.captions[panel] == expected
+            titles = [t.get_text() for t in fig.axes[0].texts]
+            assert any(f"{int(right.sum())}/20 right" in t for t in titles)
     # The trained learner is neither always right nor always wrong after adaptation, so both colours were tested.
-    after = fig.predictions["after"].correct
-    assert 0 < int(after.sum()) < 20
-    # The support panel captions every support image with its label.
-    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(f"label {int(y)}" for y in batch.support_y[2])
+    assert 0 < int(fig.predictions["after"].correct.sum()) < 20
+    assert fig.captions["support"] == [(f"label {int(y)}", "black") for y in batch.support_y[2]]
 
 
-def test_plot_predictions_frames_are_coloured(trained_anil, evaluation28):
+def test_plot_predictions_frames_have_the_caption_colour(trained_anil, evaluation28):
+    """The pixels drawn around each query image are green exactly when that query is answered right."""
     from matplotlib.colors import to_rgb
 
-    from utils.viz import RIGHT_COLOUR, WRONG_COLOUR, plot_predictions
+    from utils.viz import RIGHT_COLOUR, WRONG_COLOUR, caption_cells, mosaic_cell_size, plot_predictions
 
     batch = sample_tasks(evaluation28.images, 1, 5, 1, 4, torch.Generator().manual_seed(5))
     fig = plot_predictions(trained_anil, batch, steps=10)
-    mosaic = np.asarray(fig.axes[2].images[0].get_array())
-    correct = fig.predictions["after"].correct
-    colours = {tuple(np.round(to_rgb(c), 6)) for c in (RIGHT_COLOUR, WRONG_COLOUR)}
-    corner = {tuple(np.round(mosaic[0, 0], 6))}  # top-left frame pixel: query of label 0, first row
-    assert corner <= colours
-    order = torch.argsort(batch.query_y[0], stable=True)
-    expected = RIGHT_COLOUR if bool(correct[order[0]]) else WRONG_COLOUR
-    np.testing.assert_allclose(mosaic[0, 0], to_rgb(expected))
+    mosaic = np.asarray(fig.axes[0].images[0].get_array())
+    (cell_h, cell_w), correct = mosaic_cell_size(), fig.predictions["after"].correct
+    offset = fig.panel_offsets["after"]
+    for i, (row, column) in enumerate(caption_cells(batch.query_y[0], 5)):
+        pixel = mosaic[row * cell_h, offset + column * cell_w] / 255  # top-left frame pixel of query i
+        colour = RIGHT_COLOUR if bool(correct[i]) else WRONG_COLOUR
+        np.testing.assert_allclose(pixel, to_rgb(colour), atol=1 / 255)

@@ -219,7 +219,8 @@ def predictions_figure(
     The three panels are one RGB mosaic shown 1:1 in ``fig.axes[0]``, captions drawn into its pixels: a
     matplotlib text per image would cost more to render than everything else, and the playground redraws this
     figure live. ``fig.captions`` maps each panel (``"support"``, ``"before"``, ``"after"``) to the
-    ``(caption, colour)`` of every image, in the batch's order. With ``extra_panel`` an ordinary axes
+    ``(caption, colour)`` of every image, in the batch's order, and ``fig.panel_offsets`` to its first mosaic
+    column (cells: :func:`caption_cells`, :func:`mosaic_cell_size`). With ``extra_panel`` an ordinary axes
     ``fig.axes[1]`` is added on the right for the caller.
     """
     single = one_task(batch, task, "cpu")
@@ -250,12 +251,13 @@ def predictions_figure(
         fig.add_axes((left, 0.25, 1 - left - 0.02, 0.6))
     fig.predictions = {"before": before, "after": after}
     fig.captions = {gid: captions for gid, _, _, captions, _ in panels}
+    fig.panel_offsets = {gid: offset for offset, (gid, *_) in zip(offsets, panels, strict=True)}
     return fig
 
 
 _DPI = 100
 _TILE = 56  # display side of one image in mosaic pixels: Omniglot at 28 px doubled, 105 px reduced
-_FONT_PX = 15
+_FONT_PX = 13
 
 
 def _panels_mosaic(panels: list[tuple], n_way: int) -> tuple[np.ndarray, list[int]]:
