@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 
 from algorithms.anil import HeadParams, head_logits, inner_loop
 from utils.tasks import TaskBatch, TaskPool, with_k_shot
-from utils.viz import learner_device, one_task, predictions_figure, task_predictions
+from utils.viz import TaskPredictions, learner_device, one_task, predictions_figure, task_predictions
 
 MAX_STEPS = 100
 INNER_LR_RANGE = (1e-3, 10.0)  # the log slider's ends
@@ -60,6 +60,25 @@ def inner_lr_override(learner: Any, inner_lr: float | None) -> Iterator[None]:
         learner.inner_lr = previous
 
 
+def _has_linear_head(learner: Any) -> bool:
+    """ANIL-like: features computed by the learner, adapted by a linear head (closed-form inner steps)."""
+    return hasattr(learner, "features") and isinstance(getattr(learner, "head", None), torch.nn.Linear)
+
+
+def _head_trajectory(learner: Any, single: TaskBatch, steps: int) -> tuple[list[HeadParams], torch.Tensor]:
+    """Heads after 0..``steps`` inner steps from the learner's features (computed once), and the support losses.
+
+    Returns:
+        ``(heads, losses)``: ``steps + 1`` heads ``weight (1, n_way, features)``, losses ``(steps + 1,)``.
+    """
+    features = learner.features(single.support_x, False)  # (1, n_way * k_shot, features)
+    heads = [HeadParams(learner.head.weight.unsqueeze(0), learner.head.bias.unsqueeze(0))]
+    for _ in range(steps):
+        heads.append(inner_loop(features, single.support_y, heads[-1], 1, learner.inner_lr, first_order=True))
+    losses = [F.cross_entropy(head_logits(features, head)[0], single.support_y[0]) for head in heads]
+    return heads, torch.stack(losses).cpu()
+
+
 def support_losses(learner: Any, batch: TaskBatch, task: int, steps: int) -> tuple[list[int], torch.Tensor]:
     """Mean support cross-entropy of one task after 0, 1, ... ``steps`` inner steps.
 
@@ -76,17 +95,26 @@ def support_losses(learner: Any, batch: TaskBatch, task: int, steps: int) -> tup
     single = one_task(batch, task, learner_device(learner))
     x, y = single.support_x, single.support_y
     with torch.no_grad():
-        if hasattr(learner, "features") and isinstance(getattr(learner, "head", None), torch.nn.Linear):
-            features = learner.features(x, False)  # (1, n_way * k_shot, features), computed once
-            fast = HeadParams(learner.head.weight.unsqueeze(0), learner.head.bias.unsqueeze(0))
-            losses = []
-            for _ in range(steps + 1):
-                losses.append(F.cross_entropy(head_logits(features, fast)[0], y[0]))
-                fast = inner_loop(features, y, fast, 1, learner.inner_lr, first_order=True)
-            return list(range(steps + 1)), torch.stack(losses).cpu()
+        if _has_linear_head(learner):
+            return list(range(steps + 1)), _head_trajectory(learner, single, steps)[1]
         counts = sorted({int(s) for s in np.linspace(0, steps, min(steps + 1, GENERIC_CURVE_POINTS)).round()})
         losses = [F.cross_entropy(learner.predict(x, learner.adapt(x, y, steps=s))[0], y[0]) for s in counts]
         return counts, torch.stack(losses).cpu()
+
+
+def _anil_answers(learner: Any, batch: TaskBatch, task: int, steps: int
+                  ) -> tuple[TaskPredictions, TaskPredictions, list[int], torch.Tensor]:
+    """Before/after predictions and the loss curve of an ANIL-like learner with one body pass per set."""
+    single = one_task(batch, task, learner_device(learner))
+    with torch.no_grad():
+        heads, losses = _head_trajectory(learner, single, steps)
+        query = learner.features(single.query_x, False)
+        answers = []
+        for head, count in ((heads[0], 0), (heads[-1], steps)):
+            probabilities = head_logits(query, head)[0].float().softmax(-1).cpu()
+            predicted = probabilities.argmax(-1)
+            answers.append(TaskPredictions(probabilities, predicted, predicted == single.query_y[0].cpu(), count))
+    return answers[0], answers[1], list(range(steps + 1)), losses
 
 
 def adapt_and_plot(learner: Any, batch: TaskBatch, task: int = 0, steps: int | None = None,
@@ -108,9 +136,12 @@ def adapt_and_plot(learner: Any, batch: TaskBatch, task: int = 0, steps: int | N
     if not isinstance(steps, int) or not 0 <= steps <= 10 * MAX_STEPS:
         raise ValueError(f"steps must be an integer in [0, {10 * MAX_STEPS}], got {steps!r}.")
     with inner_lr_override(learner, inner_lr):
-        before = task_predictions(learner, batch, task, steps=0)
-        after = task_predictions(learner, batch, task, steps=steps)
-        counts, losses = support_losses(learner, batch, task, steps)
+        if _has_linear_head(learner):  # one body pass per set instead of five
+            before, after, counts, losses = _anil_answers(learner, batch, task, steps)
+        else:
+            before = task_predictions(learner, batch, task, steps=0)
+            after = task_predictions(learner, batch, task, steps=steps)
+            counts, losses = support_losses(learner, batch, task, steps)
         lr = getattr(learner, "inner_lr", None)
     fig = predictions_figure(batch, task, before, after, extra_panel=True)
     _plot_losses(fig.axes[1], counts, losses, lr, n_way=before.probabilities.shape[-1])
@@ -153,9 +184,12 @@ def has_widget_frontend() -> bool:
 
 
 def figure_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes, drawn once (no tight bounding box: that would draw it twice)."""
+    """The figure as PNG bytes, drawn once (no tight bounding box: that would draw it twice).
+
+    zlib level 1: the default level 6 takes longer to compress this figure than matplotlib takes to draw it.
+    """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    fig.savefig(buffer, format="png", dpi=fig.dpi, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
 
