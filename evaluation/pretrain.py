@@ -45,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from utils.data import to_float
-from utils.io import atomic_torch_save, ensure_writable_dir
+from utils.io import atomic_torch_save, display_path, ensure_writable_dir
 
 PRETRAIN_SOURCE = "Omniglot background, supervised"
 CACHE_FORMAT = 2
@@ -307,7 +307,8 @@ def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
             raise ValueError(f"fingerprint {payload['fingerprint']} != {key}")
         return {"state_dict": payload["state_dict"], "stats": dict(payload["stats"])}
     except Exception as err:  # damaged files raise UnpicklingError, EOFError, IndexError, RuntimeError alike
-        warnings.warn(f"Pre-training cache {path} is unusable ({type(err).__name__}); retraining.", stacklevel=3)
+        warnings.warn(f"Pre-training cache {display_path(path)} is unusable ({type(err).__name__}); retraining.",
+                      stacklevel=3)
         return None
 
 
@@ -361,11 +362,12 @@ def pretrain_body(
     if cached is not None:
         body.load_state_dict(cached["state_dict"])
         stats = cached["stats"]
-        print(f"Loaded the pre-trained {arch} body from the cache {path}.")
+        print(f"Loaded the pre-trained {arch} body from the cache {display_path(path)}.")
     else:
         stats = _pretrain(body, images, settings, seed, device, progress)
         if path is not None:
             atomic_torch_save({"fingerprint": key, "state_dict": body.state_dict(), "stats": stats}, path)
+            print(f"Saved it to the cache {display_path(path)}.")
     print(describe_stats(arch, stats))
     body.pretrained_source, body.pretrain_stats = pretrain_source(stats), stats
     return body

@@ -32,13 +32,14 @@ from evaluation.results import load_cached, result_key, result_path, save_result
 from evaluation.training import train
 from utils.config import Config
 from utils.data import OmniglotSplit, split_characters
-from utils.io import atomic_torch_save
+from utils.io import atomic_torch_save, display_path
 from utils.networks import (
     WeightsUnavailableError,
     create_anil_network,
     create_pretrained_resnet_body,
     parameter_table,
 )
+from utils.splits import vinyals_split
 from utils.tasks import TaskPool, make_task_pool
 
 
@@ -87,30 +88,47 @@ ANIL_AT_MAML_BUDGET = ScenarioSpec("ANIL (MAML budget)", "conv4 ANIL, second ord
 class TaskPools:
     """The fixed task pools every scenario shares."""
 
-    train: TaskPool  # background characters minus the validation ones
-    val: TaskPool  # held-out background characters: model selection only
-    test: TaskPool  # images_evaluation, >= 600 tasks
-    test_seed: TaskPool  # images_evaluation, the seed's 100 tasks
+    train: TaskPool  # official: background characters minus the validation ones; vinyals: its 1,028 x 4
+    val: TaskPool  # held-out characters: model selection only
+    test: TaskPool  # official: images_evaluation; vinyals: its 423 x 4 characters; >= 600 tasks
+    test_seed: TaskPool  # the same characters as test, the seed's 100 tasks
     train_images: torch.Tensor  # uint8 (characters, 20, H, W) of the training characters
 
 
 def make_pools(background: OmniglotSplit, evaluation: OmniglotSplit, config: Config) -> TaskPools:
-    """Seeded training, validation and evaluation pools; evaluation tasks come from ``images_evaluation`` only."""
-    train_idx, val_idx = split_characters(background, config.val_fraction, np.random.default_rng(config.seed))
+    """Seeded training, validation and test pools over the characters of ``config.split``.
+
+    ``"official"``: training and validation characters from ``images_background`` (``val_fraction`` held out),
+    test tasks from ``images_evaluation`` only. ``"vinyals"``: the characters listed by :func:`vinyals_split`,
+    from both folders, every pool with rotations (each rotation of a character is a class, as in the lists).
+    """
+    train_images, val_images, test_images, rotations = _split_images(background, evaluation, config)
     shape = (config.n_way, config.k_shot, config.k_query)
 
-    def pool(images: torch.Tensor, tasks: int, offset: int, rotations: bool = False) -> TaskPool:
+    def pool(images: torch.Tensor, tasks: int, offset: int, rotated: bool) -> TaskPool:
         generator = torch.Generator().manual_seed(config.seed * 1000 + offset)
-        return make_task_pool(images, tasks, *shape, generator, rotations=rotations)
+        return make_task_pool(images, tasks, *shape, generator, rotations=rotated)
 
-    train_images = background.images[train_idx]
     return TaskPools(
-        train=pool(train_images, config.train_tasks, 1, config.rotations),
-        val=pool(background.images[val_idx], config.val_tasks, 2),
-        test=pool(evaluation.images, config.test_tasks, 3),
-        test_seed=pool(evaluation.images, config.seed_test_tasks, 4),
+        train=pool(train_images, config.train_tasks, 1, config.rotations or rotations),
+        val=pool(val_images, config.val_tasks, 2, rotations),
+        test=pool(test_images, config.test_tasks, 3, rotations),
+        test_seed=pool(test_images, config.seed_test_tasks, 4, rotations),
         train_images=train_images,
     )
+
+
+def _split_images(background: OmniglotSplit, evaluation: OmniglotSplit, config: Config
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Train, validation and test images ``(characters, 20, H, W)`` of ``config.split``, and whether every pool
+    rotates (the Vinyals lists name rotated classes)."""
+    if config.split == "vinyals":
+        split = vinyals_split(background, evaluation)
+        return split.train, split.val, split.test, True
+    if config.split != "official":
+        raise ValueError(f"split must be 'official' or 'vinyals', got {config.split!r}.")
+    train_idx, val_idx = split_characters(background, config.val_fraction, np.random.default_rng(config.seed))
+    return background.images[train_idx], background.images[val_idx], evaluation.images, False
 
 
 def build_network(arch: str, config: Config, body_state: Mapping[str, torch.Tensor] | None = None,
@@ -231,10 +249,11 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
             of the cache key.
     """
     iterations, test_steps = getattr(config, spec.iterations_field), getattr(config, spec.test_steps_field)
-    key = _scenario_key(spec, config, source)
-    cached = load_cached(results_dir, spec.name, key) if reuse else None
+    weights = weights_path(spec, config, results_dir, source)
+    # A result without its trained weights (written by older code) is recomputed: the playground needs them.
+    cached = load_cached(results_dir, spec.name, _key(spec, config, source)) if reuse and weights.is_file() else None
     if cached is not None:
-        print(f"{spec.name}: loaded the cached result of this exact configuration ({results_dir}).")
+        print(f"{spec.name}: loaded the cached result of this exact configuration ({display_path(results_dir)}).")
         return cached
     body, head = build_network(spec.architecture, config, body_state, source)
     learner = make_learner(spec, body.to(device), head.to(device), config, maml_layout)
@@ -255,36 +274,47 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
                                           progress=progress) if spec.algorithm == "anil" else None,
     )
     save_result(results_dir, record, config, spec=spec.__dict__, iterations=iterations, source=source)
-    # The trained weights, for analyses of the trained network itself (trained_learner).
-    atomic_torch_save({"body": body.state_dict(), "head": head.state_dict()},
-                      result_path(results_dir, spec.name, key).with_suffix(".pt"))
+    atomic_torch_save({"body": body.state_dict(), "head": head.state_dict()}, weights)
     return record
 
 
-def _scenario_key(spec: ScenarioSpec, config: Config, source: str) -> str:
-    """Cache key of a scenario's result and weights: the whole configuration, the spec and the body's source."""
+def _key(spec: ScenarioSpec, config: Config, source: str) -> str:
+    """Cache key of a scenario's result and weights: the whole configuration, the scenario, its budget, source."""
     iterations = getattr(config, spec.iterations_field)
     return result_key(config, spec.name, spec=spec.__dict__, iterations=iterations, source=source)
 
 
-def trained_learner(spec: ScenarioSpec, config: Config, pools: TaskPools, device: torch.device, *,
-                    results_dir: str | Path, body_state: Mapping | None = None, source: str = "random",
-                    progress: bool = True, maml_layout: MAMLLayout = "auto") -> ANIL | MAML:
-    """The learner that :func:`run_scenario` trained for this exact configuration, with its trained weights.
+def weights_path(spec: ScenarioSpec, config: Config, results_dir: str | Path, source: str = "random") -> Path:
+    """Where :func:`run_scenario` saves the trained body and head: beside the result, ``<scenario>-<key>.pt``."""
+    return result_path(results_dir, spec.name, _key(spec, config, source)).with_suffix(".pt")
 
-    The weights are read from ``results_dir``; when they are missing (a result cached before weights were kept),
-    the scenario is trained again with :func:`run_scenario` (``reuse=False``), which saves them. Arguments as in
-    :func:`run_scenario`; ``maml_layout`` as in :func:`make_learner` (it changes speed, not results).
+
+def trained_learner(spec: ScenarioSpec, config: Config, device: torch.device | str, *, results_dir: str | Path,
+                    source: str = "random", pools: TaskPools | None = None, body_state: Mapping | None = None,
+                    progress: bool = True, maml_layout: MAMLLayout = "auto") -> ANIL | MAML:
+    """The learner that :func:`run_scenario` trained with the same arguments, rebuilt from its saved weights.
+
+    When the weights are missing (a result cached before weights were kept) and ``pools`` is given, the scenario is
+    trained again with :func:`run_scenario` (``reuse=False``), which saves them. ``maml_layout`` as in
+    :func:`make_learner` (it changes speed, not results).
+
+    Raises:
+        FileNotFoundError: the scenario has not been run with this configuration and no ``pools`` were given.
     """
-    path = result_path(results_dir, spec.name, _scenario_key(spec, config, source)).with_suffix(".pt")
-    if not path.exists():
-        print(f"{spec.name}: no trained weights saved for this configuration in {results_dir}; training it again.")
+    path = weights_path(spec, config, results_dir, source)
+    if not path.is_file() and pools is not None:
+        print(f"{spec.name}: no trained weights for this configuration in {display_path(results_dir)}; training it.")
         run_scenario(spec, config, pools, device, results_dir=results_dir, body_state=body_state, source=source,
                      reuse=False, progress=progress, maml_layout=maml_layout)
-    weights = torch.load(path, map_location=device, weights_only=True)
-    body, head = build_network(spec.architecture, config, None, source)
-    body.load_state_dict(weights["body"])
-    head.load_state_dict(weights["head"])
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No trained weights of {spec.name} for this configuration at {display_path(path)}; "
+            "run run_scenario with the same config, results_dir and source first."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    body, head = build_network(spec.architecture, config, source=source)
+    body.load_state_dict(state["body"])
+    head.load_state_dict(state["head"])
     return make_learner(spec, body.to(device), head.to(device), config, maml_layout)
 
 

@@ -53,7 +53,7 @@ from evaluation.evaluate import evaluate
 from evaluation.resources import ResourceMonitor, device_name
 from evaluation.serialise import dataclass_kwargs
 from utils.config import LR_SCHEDULES
-from utils.io import ensure_writable_dir
+from utils.io import display_path, ensure_writable_dir
 from utils.tasks import TaskPool
 
 SMOOTHING = 0.9  # EMA factor of the running loss and accuracy shown in the progress bar
@@ -267,7 +267,7 @@ class _Trainer:
             and Path(path).resolve() == self.settings.checkpoint_path.resolve()
         ):
             self.last_checkpoint = state.iteration  # that file already holds this state
-        print(f"Resuming {self.settings.scenario} from {path} at iteration {state.iteration}.")
+        print(f"Resuming {self.settings.scenario} from {display_path(path)} at iteration {state.iteration}.")
 
     def step(self) -> None:
         """One outer iteration on the next meta-batch; its loss and accuracy wait, unread, in ``pending``."""
@@ -310,7 +310,8 @@ class _Trainer:
     def _non_finite_message(self, loss: float) -> str:
         s, lrn = self.settings, self.learner
         kept = (
-            f"the last good checkpoint {s.checkpoint_path} (iteration {self.last_checkpoint}) is unchanged"
+            f"the last good checkpoint {display_path(s.checkpoint_path)} (iteration {self.last_checkpoint}) "
+            "is unchanged"
             if self.last_checkpoint is not None
             else "no checkpoint had been written"
         )
@@ -394,7 +395,8 @@ class _Trainer:
         """Clean end after ``KeyboardInterrupt``: final checkpoint, notice, partial result."""
         self.read_pending()
         self.checkpoint(force=True)
-        saved = f"; checkpoint: {self.settings.checkpoint_path}" if self.last_checkpoint is not None else ""
+        checkpoint = self.settings.checkpoint_path
+        saved = f"; checkpoint: {display_path(checkpoint)}" if self.last_checkpoint is not None else ""
         print(
             f"Training of {self.settings.scenario} interrupted after {self.state.iteration} of "
             f"{self.settings.iterations} iterations; the history so far is kept{saved}."

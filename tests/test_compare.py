@@ -252,6 +252,15 @@ def test_run_scenario_evaluates_each_side_at_its_own_test_steps(background28, ev
     assert records[MAML_SPEC.name].adaptation_curve is None
     again = run_scenario(SCENARIOS["S2"], config, pools, "cpu", results_dir=tmp_path, progress=False)
     assert again.test.per_task_after == records["S2"].test.per_task_after
+    # The trained learner is saved with the result: rebuilt, it scores the stored per-task accuracies again.
+    from evaluation.evaluate import evaluate
+    from evaluation.scenarios import trained_learner
+
+    rebuilt = trained_learner(SCENARIOS["S2"], config, torch.device("cpu"), results_dir=tmp_path)
+    rescored = evaluate(rebuilt, pools.test, device="cpu", steps=config.test_inner_steps, progress=False)
+    assert rescored.per_task_after == records["S2"].test.per_task_after
+    with pytest.raises(FileNotFoundError, match="run run_scenario"):
+        trained_learner(SCENARIOS["S1"], config, torch.device("cpu"), results_dir=tmp_path)
 
 
 def _five_scenarios() -> dict[str, ScenarioRecord]:

@@ -109,7 +109,7 @@ def test_trained_learner_reloads_the_weights_run_scenario_trained(background28, 
     config = PRESETS["smoke"].replace(maml_iterations=2, maml_test_inner_steps=1, test_tasks=4, seed_test_tasks=2)
     pools = make_pools(background28, evaluation28, config)
     record = run_scenario(MAML_SPEC, config, pools, "cpu", results_dir=tmp_path, progress=False, maml_layout="loop")
-    learner = trained_learner(MAML_SPEC, config, pools, "cpu", results_dir=tmp_path, maml_layout="vmap")
+    learner = trained_learner(MAML_SPEC, config, "cpu", pools=pools, results_dir=tmp_path, maml_layout="vmap")
     assert isinstance(learner, MAML) and learner.layout == "vmap"
     again = evaluate(learner, pools.test, device="cpu", steps=1, progress=False)
     assert again.per_task_after == pytest.approx(record.test.per_task_after, abs=1e-6)

@@ -1,49 +1,135 @@
-"""The notebook runs top to bottom with the smoke preset, and its generated prose matches its results."""
+"""The committed notebook is clean and runs exactly as committed; its generated prose matches its results."""
 
 from __future__ import annotations
 
 import json
-import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from evaluation.narrative import pct
 from utils.notebook_tools import NOTEBOOK, execute, strip_volatile
 
+REPO = NOTEBOOK.parent
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_PLACEHOLDER = "/path/to/"
+# A path from the root with at least two components, starting where a path can start (not inside a word,
+# a fraction such as 1/2, an HTML closing tag, or a URL, which are removed first).
+_ROOT_PATH = re.compile(r"(?:^|(?<=[\s'\"(=\[,`]))(/[\w.\-]+(?:/[\w.\-]+)+/?)")
+_HOME_OF_USER = re.compile(r"(?:^|(?<=[\s'\"(=\[,`]))(~[A-Za-z_][\w.\-]*(?:/\S*)?)")
+_DRIVE = re.compile(r"(?:^|(?<=[\s'\"(=\[,`]))([A-Za-z]:[\\/][^\s'\"]*)")
+_TEXT_MIME = ("text/plain", "text/html", "text/markdown", "text/latex", "application/json")
 
-def _text(cell) -> str:
-    parts = []
+
+def machine_paths(text: str) -> list[str]:
+    """Absolute paths of a machine in ``text``: from the file-system root (``/home/ann/x``, ``/work/data``),
+    of another user's home (``~ann/x``) or with a drive letter (``C:\\Users``). URLs, ``~/...`` and
+    placeholders such as ``/path/to/file`` are not machine paths."""
+    text = _URL.sub(" ", text)
+    found = [m.group(1) for pattern in (_ROOT_PATH, _HOME_OF_USER, _DRIVE) for m in pattern.finditer(text)]
+    return [path for path in found if not path.startswith(_PLACEHOLDER)]
+
+
+@pytest.mark.parametrize("text", [
+    "cache at /root/.cache/torch/hub/checkpoints (as x)", 'DATA_ROOT = "/work/shared/data"', "see /home/ann/x.pt",
+    "C:\\Users\\ann\\data", "in ~ann/omniglot", "file D:/data/omniglot-py", "(/Users/ann/results)",
+])
+def test_machine_paths_finds(text):
+    assert machine_paths(text)
+
+
+@pytest.mark.parametrize("text", [
+    'pretrained="/path/to/resnet18-f37072fd.pth"', "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "~/.cache/torch/hub", "results/S1-abc.json", "../shared/data", "5-way 1/5 shot, 3.2 it/s", "<td>0.9</td></tr>",
+    "S1 / S2", "$W_1 \\propto (Y - 1/N)$", "Note: x", "http://localhost:8888/tree", "and/or", "/s",
+])
+def test_machine_paths_ignores(text):
+    assert machine_paths(text) == []
+
+
+def _output_texts(cell) -> list[str]:
+    """Every textual output of a cell (images and widget state are not text a reader sees as such)."""
+    texts = []
     for output in cell.get("outputs", []):
-        parts.append("".join(output.get("text", "")))
-        parts.append("".join(output.get("data", {}).get("text/markdown", "")))
-    return "\n".join(parts)
+        texts.append("".join(output.get("text", "")))
+        texts.append("\n".join(output.get("traceback", [])))
+        texts += ["".join(v) if isinstance(v, list) else str(v)
+                  for k, v in output.get("data", {}).items() if k in _TEXT_MIME]
+    return texts
 
 
-def test_notebook_smoke_run(tmp_path, omniglot_root, cache_dir):
-    os.environ.setdefault("OMNIGLOT_CACHE", str(cache_dir))
-    results = tmp_path / "results"
-    params = {"PRESET": "smoke", "DATA_ROOT": str(omniglot_root), "CACHE_DIR": str(cache_dir),
-              "RESULTS_DIR": str(results), "REUSE_RESULTS": False, "PRETRAINED": "imagenet"}
-    notebook = execute(NOTEBOOK, tmp_path / "executed.ipynb", params, cwd=NOTEBOOK.parent)
-    text = "\n".join(_text(c) for c in notebook.cells if c.cell_type == "code")
-    assert "Notebook wall time" in text and "preset 'smoke'" in text
-    # The S2 summary sentence states exactly the accuracy stored in S2's result file.
-    record = json.loads(next(results.glob("S2-*.json")).read_text())["record"]
-    assert f"{pct(record['test']['acc_after'])} ± {pct(record['test']['ci_after'])}" in text
-    # Offline, S3/S4 must say where their body came from, after a visible notice.
-    assert "NOTICE: ImageNet weights are unavailable" in text or "ImageNet (torchvision)" in text
-    counts = [c.execution_count for c in notebook.cells if c.cell_type == "code"]
-    assert counts == sorted(counts) and None not in counts
+def notebook_problems(notebook: nbformat.NotebookNode) -> list[str]:
+    """Why a notebook is not clean: injected cells, machine paths, errors, out-of-order execution counts."""
+    problems = [f"cell {i} is papermill's injected-parameters cell" for i, c in enumerate(notebook.cells)
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    for i, cell in enumerate(notebook.cells):
+        for text in [cell.source, *_output_texts(cell)]:
+            problems += [f"cell {i} shows the machine path {p!r}" for p in machine_paths(text)]
+        problems += [f"cell {i} has an error output" for o in cell.get("outputs", []) if o.output_type == "error"]
+    counts = [c.execution_count for c in notebook.cells if c.cell_type == "code" and c.execution_count is not None]
+    if counts != sorted(set(counts)):
+        problems.append(f"execution counts out of order: {counts}")
+    return problems
 
 
 def test_committed_notebook_is_clean():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert notebook_problems(notebook) == []
     code = [c for c in notebook.cells if c.cell_type == "code"]
-    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
-    assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
-    counts = [c.execution_count for c in code if c.execution_count is not None]
-    assert counts == sorted(counts)
+    parameters = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1 and 'os.environ.get("ANIL_PRESET"' in parameters[0].source
     stripped = strip_volatile(nbformat.reads(nbformat.writes(notebook), as_version=4))
     assert stripped == notebook, "volatile metadata is committed: regenerate with `make notebook`"
     assert Path(NOTEBOOK).stat().st_size < 5 * 2**20
+
+
+def test_readme_has_no_machine_path():
+    assert machine_paths((REPO / "README.md").read_text(encoding="utf-8")) == []
+
+
+def test_notebook_problems_detects_each_defect():
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1", execution_count=2, metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("y = 2", execution_count=1, outputs=[
+            nbformat.v4.new_output("stream", text="saved to /home/ann/results\n"),
+            nbformat.v4.new_output("error", ename="E", evalue="", traceback=[])]),
+    ])
+    problems = "\n".join(notebook_problems(notebook))
+    for expected in ("injected-parameters", "/home/ann/results", "error output", "out of order"):
+        assert expected in problems
+
+
+def _fresh_copy(dest: Path) -> Path:
+    """The repository's files as a fresh clone would have them (tracked and new, never ignored ones)."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def test_notebook_runs_as_committed(tmp_path, omniglot_root, cache_dir):
+    """CI: the committed notebook, unchanged, runs top to bottom with ANIL_PRESET=smoke from a fresh copy."""
+    repo = _fresh_copy(tmp_path / "repo")
+    committed = nbformat.read(repo / NOTEBOOK.name, as_version=4)
+    env = {"ANIL_PRESET": "smoke", "OMNIGLOT_ROOT": str(omniglot_root), "OMNIGLOT_CACHE": str(cache_dir),
+           "ANIL_REUSE_RESULTS": "0", "ANIL_HEADLESS": "1"}
+    notebook = execute(repo / NOTEBOOK.name, env, cwd=repo)
+    assert [c.source for c in notebook.cells] == [c.source for c in committed.cells]  # nothing injected
+    counts = [c.execution_count for c in notebook.cells if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1))
+    assert notebook_problems(notebook) == []  # no error, and no path of this machine in any output
+    text = "\n".join(t for c in notebook.cells if c.cell_type == "code" for t in _output_texts(c))
+    assert "Notebook wall time" in text and "preset 'smoke'" in text
+    # The S2 summary sentence states exactly the accuracy stored in S2's result file.
+    record = json.loads(next((repo / "results").glob("S2-*.json")).read_text())["record"]
+    assert f"{pct(record['test']['acc_after'])} ± {pct(record['test']['ci_after'])}" in text
+    # Offline, S3/S4 must say where their body came from, after a visible notice.
+    assert "NOTICE: ImageNet weights are unavailable" in text or "ImageNet (torchvision)" in text

@@ -88,3 +88,55 @@ def test_figures_render_headless(background28, tmp_path):
         assert (tmp_path / "alphabets.png").stat().st_size > 1000
     finally:
         plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def trained_anil(background28):
+    """A conv4 ANIL learner meta-trained for a few steps: right on some queries, wrong on others."""
+    from tests.evaluation_support import make_anil, make_pool, run
+
+    learner = make_anil(seed=0)
+    run(learner, make_pool(background28, 64, seed=1), iterations=20, meta_batch_size=4)
+    return learner
+
+
+def test_plot_predictions_colours_and_probabilities_match_the_learner(trained_anil, evaluation28):
+    from utils.viz import RIGHT_COLOUR, WRONG_COLOUR, plot_predictions
+
+    batch = sample_tasks(evaluation28.images, 3, 5, 1, 4, torch.Generator().manual_seed(2))
+    fig = plot_predictions(trained_anil, batch, task=2, steps=10)
+    # Independent reference: the learner's own adapt/predict on the whole batch, then softmax.
+    with torch.no_grad():
+        for panel, steps in (("before", 0), ("after", 10)):
+            fast = trained_anil.adapt(batch.support_x, batch.support_y, steps=steps)
+            probs = trained_anil.predict(batch.query_x, fast)[2].softmax(-1)
+            drawn = fig.predictions[panel]
+            torch.testing.assert_close(drawn.probabilities, probs, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(drawn.probabilities.sum(-1), torch.ones(20))
+            right = probs.argmax(-1) == batch.query_y[2]
+            # Each caption "<label>: <p>%" is one query's answer, coloured by right/wrong, in batch order.
+            expected = [(f"{int(p.argmax())}: {float(p.max()):.0%}", RIGHT_COLOUR if ok else WRONG_COLOUR)
+                        for p, ok in zip(probs, right, strict=True)]
+            assert fig.captions[panel] == expected
+            titles = [t.get_text() for t in fig.axes[0].texts]
+            assert any(f"{int(right.sum())}/20 right" in t for t in titles)
+    # The trained learner is neither always right nor always wrong after adaptation, so both colours were tested.
+    assert 0 < int(fig.predictions["after"].correct.sum()) < 20
+    assert fig.captions["support"] == [(f"label {int(y)}", "black") for y in batch.support_y[2]]
+
+
+def test_plot_predictions_frames_have_the_caption_colour(trained_anil, evaluation28):
+    """The pixels drawn around each query image are green exactly when that query is answered right."""
+    from matplotlib.colors import to_rgb
+
+    from utils.viz import RIGHT_COLOUR, WRONG_COLOUR, caption_cells, mosaic_cell_size, plot_predictions
+
+    batch = sample_tasks(evaluation28.images, 1, 5, 1, 4, torch.Generator().manual_seed(5))
+    fig = plot_predictions(trained_anil, batch, steps=10)
+    mosaic = np.asarray(fig.axes[0].images[0].get_array())
+    (cell_h, cell_w), correct = mosaic_cell_size(), fig.predictions["after"].correct
+    offset = fig.panel_offsets["after"]
+    for i, (row, column) in enumerate(caption_cells(batch.query_y[0], 5)):
+        pixel = mosaic[row * cell_h, offset + column * cell_w] / 255  # top-left frame pixel of query i
+        colour = RIGHT_COLOUR if bool(correct[i]) else WRONG_COLOUR
+        np.testing.assert_allclose(pixel, to_rgb(colour), atol=1 / 255)

@@ -72,6 +72,8 @@ class Config:
     # the whole body at every step, so its evaluation cost grows with this (ANIL's barely does).
     curve_steps: int  # largest inner-step count of the adaptation curve.
     seed: int  # seeds every torch/numpy Generator; same seed, same history on CPU.
+    split: str = "official"  # "official": background alphabets train (minus val_fraction), evaluation tests;
+    # "vinyals": the MAML/ANIL papers' 1,028/172/423 characters of both folders, each x4 rotations (utils.splits).
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied and validated."""

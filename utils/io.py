@@ -1,8 +1,11 @@
-"""Atomic file writes: a file is either complete or absent, never half-written.
+"""Atomic file writes, and paths as a reader should see them.
 
 Caches, checkpoints and results are written to a temporary file in the destination folder and then moved into
 place with :func:`os.replace`, which is atomic on POSIX and Windows. An interrupted write (the notebook's stop
 button, a full disk) therefore leaves the previous version intact.
+
+Messages that name a file go through :func:`display_path`, so that the committed tutorial (ANIL, Raghu et al.,
+ICLR 2020, arXiv:1909.09157) never shows the folders of the machine that ran it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_MAX_PARENT_STEPS = 2  # "../../x" still reads as "next to the project"; deeper, the absolute path is clearer
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as printed to a reader: relative to the project, ``~/...`` in the home folder, else unchanged.
+
+    A path at most ``_MAX_PARENT_STEPS`` folders above the project (``../shared/data`` beside a clone) is shown
+    relative too. Nothing is resolved on disk, so a missing path is shown just the same.
+
+    Examples:
+        ``<project>/results/S1.json`` -> ``results/S1.json``; ``/home/ann/.cache/torch`` -> ``~/.cache/torch``.
+    """
+    absolute = Path(os.path.abspath(Path(path).expanduser()))
+    if absolute.is_relative_to(PROJECT_ROOT):
+        return absolute.relative_to(PROJECT_ROOT).as_posix() or "."
+    home = Path.home()
+    if absolute.is_relative_to(home):
+        return "~/" + absolute.relative_to(home).as_posix()
+    if absolute.anchor == PROJECT_ROOT.anchor:  # relpath fails across Windows drives
+        relative = Path(os.path.relpath(absolute, PROJECT_ROOT))
+        if relative.parts.count("..") <= _MAX_PARENT_STEPS:
+            return relative.as_posix()
+    return str(path)
 
 
 def ensure_writable_dir(folder: str | os.PathLike) -> Path:

@@ -1,35 +1,77 @@
-"""Execute the tutorial notebook headless and commit its outputs cleanly (ANIL, Raghu et al., arXiv:1909.09157).
+"""Execute the tutorial notebook headless, exactly as committed, and commit its outputs cleanly.
 
-``python -m utils.notebook_tools run-and-commit --preset quick`` runs ``anil_on_omniglot.ipynb`` top to bottom with
-papermill into a temporary file, checks that no cell raised, strips volatile metadata (timings, kernel details) so
-that diffs show only real changes, and then replaces the notebook atomically. ``make notebook`` calls it.
+ANIL (Raghu et al., arXiv:1909.09157) tutorial. ``python -m utils.notebook_tools run-and-commit --preset quick``
+runs ``anil_on_omniglot.ipynb`` top to bottom with nbclient, *without* injecting any cell: the preset, data
+folder and result options reach the ``parameters`` cell through environment variables (:data:`ENV`), so the
+committed notebook is byte-for-byte the one that ran, and opening it in Jupyter and pressing "Run All" runs the
+same code. The run happens in the project root; afterwards the tool checks that no cell raised, strips
+volatile metadata (timings, kernel details) so that diffs show only real changes, and replaces the notebook
+atomically. ``make notebook`` calls it; ``make run`` (papermill, into ``executed/``) stays for readers who
+prefer ``-p`` overrides.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import os
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
-import papermill
+from nbclient import NotebookClient
 
 from utils.io import atomic_write_text
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "anil_on_omniglot.ipynb"
 VOLATILE_CELL_KEYS = ("papermill", "execution", "ExecuteTime")
+# What the parameters cell reads from the environment (see the notebook): option -> variable.
+ENV = {"preset": "ANIL_PRESET", "data_root": "OMNIGLOT_ROOT", "reuse_results": "ANIL_REUSE_RESULTS",
+       "results_dir": "ANIL_RESULTS_DIR", "headless": "ANIL_HEADLESS"}
+CELL_TIMEOUT_S = 4 * 3600
 
 
-def execute(source: Path, output: Path, parameters: dict, cwd: Path | None = None) -> nbformat.NotebookNode:
-    """Run ``source`` with papermill into ``output``; raise if any cell produced an error."""
-    papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
-                               cwd=str(cwd or source.parent), progress_bar=False)
-    notebook = nbformat.read(output, as_version=4)
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the kernel (it inherits ours) and restore them afterwards."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def execute(source: Path, env: Mapping[str, str], cwd: Path | None = None,
+            timeout: int = CELL_TIMEOUT_S) -> nbformat.NotebookNode:
+    """Run the notebook at ``source`` as it is (nothing injected) with extra environment ``env``.
+
+    Args:
+        source: the notebook file; it is read, not modified.
+        env: environment variables for the kernel, e.g. ``{"ANIL_PRESET": "smoke"}``.
+        cwd: working directory of the kernel (default: the notebook's folder).
+        timeout: seconds allowed per cell.
+
+    Returns:
+        The executed notebook (in memory).
+
+    Raises:
+        RuntimeError: naming the cells that produced an error output.
+    """
+    notebook = nbformat.read(source, as_version=4)
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd or source.parent)}})
+    with environment(env):
+        client.execute()
     errors = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"
               and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     if errors:
-        raise RuntimeError(f"Cells {errors} of {output} raised errors.")
+        raise RuntimeError(f"Cells {errors} of {source.name} raised errors.")
     return notebook
 
 
@@ -42,13 +84,12 @@ def strip_volatile(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return notebook
 
 
-def run_and_commit(preset: str, data_root: str) -> float:
-    """Execute the notebook with ``preset`` from scratch (no cached results) and replace it; returns seconds."""
+def run_and_commit(preset: str, data_root: str, notebook: Path = NOTEBOOK) -> float:
+    """Execute ``notebook`` with ``preset`` from scratch (no cached results) and replace it; returns seconds."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        output = Path(tmp) / NOTEBOOK.name
-        notebook = execute(NOTEBOOK, output, {"PRESET": preset, "DATA_ROOT": data_root, "REUSE_RESULTS": False})
-    atomic_write_text(NOTEBOOK, nbformat.writes(strip_volatile(notebook)))
+    env = {ENV["preset"]: preset, ENV["data_root"]: data_root, ENV["reuse_results"]: "0", ENV["headless"]: "1"}
+    executed = execute(notebook, env, cwd=notebook.parent)
+    atomic_write_text(notebook, nbformat.writes(strip_volatile(executed)))
     return time.perf_counter() - started
 
 

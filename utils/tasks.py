@@ -289,3 +289,21 @@ def _rotate(images: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
         if mask.any():
             images[mask] = torch.rot90(images[mask], turns, dims=(-2, -1))
     return images
+
+
+def with_k_shot(pool: TaskPool, index: int, k_shot: int, generator: torch.Generator) -> TaskPool:
+    """Task ``index`` of ``pool`` with ``k_shot`` support images per class: same classes, labels and rotations,
+    and ``k_shot + pool.k_query`` drawers per class drawn afresh from ``generator``.
+
+    Returns:
+        A one-task :class:`TaskPool` over ``pool.images``.
+
+    Raises:
+        ValueError: ``k_shot + pool.k_query`` exceeds the drawings per character.
+    """
+    validate_task_shape(pool.n_way, k_shot, pool.k_query, pool.n_way, pool.images.shape[1])
+    keys = torch.rand(pool.n_way, pool.images.shape[1], generator=generator)
+    examples = keys.argsort(-1)[:, : k_shot + pool.k_query]  # distinct drawers per class, random order
+    return TaskPool(images=pool.images, classes=pool.classes[index : index + 1],
+                    rotations=pool.rotations[index : index + 1], examples=examples.unsqueeze(0),
+                    labels=pool.labels[index : index + 1], k_shot=k_shot, k_query=pool.k_query)

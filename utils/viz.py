@@ -1,4 +1,4 @@
-"""Figures for the ANIL-on-Omniglot tutorial: few-shot tasks, a character's 20 drawings, the alphabets.
+"""Figures for the ANIL-on-Omniglot tutorial: few-shot tasks, a character's drawings, alphabets, predictions.
 
 ANIL: Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding the
 Effectiveness of MAML", ICLR 2020, arXiv:1909.09157. Omniglot: Lake, Salakhutdinov & Tenenbaum, Science 2015.
@@ -11,11 +11,15 @@ drawn with ink dark on a light background (``gray_r``), whatever the stored pola
 
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure, SubFigure
 
 from utils.data import OmniglotSplit
@@ -124,3 +128,199 @@ def _show(ax: Axes, image: torch.Tensor, title: str, fontsize: float = 9) -> Non
     ax.set_title(title, fontsize=fontsize)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+RIGHT_COLOUR = "#1a9850"  # green: prediction right
+WRONG_COLOUR = "#d73027"  # red: prediction wrong
+_TILE_PAD = 2  # pixels of border around each image, coloured right/wrong on query tiles
+
+
+class TaskPredictions(NamedTuple):
+    """What a learner answers on the query set of one task; exactly what :func:`plot_predictions` draws.
+
+    Attributes:
+        probabilities: float ``(n_query, n_way)``, softmax of the learner's logits (rows sum to 1).
+        predicted: long ``(n_query,)``, argmax class of each query image.
+        correct: bool ``(n_query,)``, whether ``predicted`` equals the true label.
+        steps: inner steps the head was adapted for (``None``: the learner's default).
+    """
+
+    probabilities: torch.Tensor
+    predicted: torch.Tensor
+    correct: torch.Tensor
+    steps: int | None
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """float ``(n_query,)``: the probability of each predicted class."""
+        return self.probabilities.gather(1, self.predicted.unsqueeze(1)).squeeze(1)
+
+
+def one_task(batch: TaskBatch, task: int, device: torch.device | str | None = None) -> TaskBatch:
+    """Task ``task`` of a meta-batch as a meta-batch of one, ``(1, n, 1, H, W)``, optionally moved to ``device``."""
+    num_tasks = batch.support_x.shape[0]
+    if not 0 <= task < num_tasks:
+        raise ValueError(f"task={task} is out of range: the batch holds {num_tasks} tasks (0 to {num_tasks - 1}).")
+    return TaskBatch(*(t[task : task + 1].to(device) if device is not None else t[task : task + 1] for t in batch))
+
+
+def learner_device(learner: Any) -> torch.device:
+    """The device of a learner's parameters (ANIL, MAML and NIL all hold a ``body`` or a ``head``)."""
+    module = getattr(learner, "head", None) or getattr(learner, "body", None)
+    parameter = next(module.parameters(), None) if module is not None else None
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def task_predictions(learner: Any, batch: TaskBatch, task: int = 0, steps: int | None = None) -> TaskPredictions:
+    """Adapt ``learner`` on one task's support set and classify its query set.
+
+    Args:
+        learner: any object with ``adapt(support_x, support_y, steps=...)`` and ``predict(query_x, fast)``
+            returning logits ``(tasks, n_query, n_way)`` (ANIL, MAML, NIL).
+        batch: meta-batch, support ``(tasks, n_way * k_shot, 1, H, W)``, query ``(tasks, n_way * k_query, 1, H, W)``.
+        task: which task of the batch.
+        steps: inner steps (0: the head's initialisation; ``None``: the learner's default).
+    """
+    single = one_task(batch, task, learner_device(learner))
+    with torch.no_grad():
+        fast = learner.adapt(single.support_x, single.support_y, steps=steps)
+        logits = learner.predict(single.query_x, fast)[0]
+    probabilities = logits.float().softmax(-1).cpu()
+    predicted = probabilities.argmax(-1)
+    return TaskPredictions(probabilities, predicted, predicted == single.query_y[0].cpu(), steps)
+
+
+def plot_predictions(learner: Any, batch: TaskBatch, task: int = 0, steps: int | None = None) -> Figure:
+    """One task: the support set with its labels, then every query image with the learner's answer.
+
+    Each query image is captioned with its predicted label and that label's probability, and framed green when
+    right, red when wrong: first with the head's initialisation (0 inner steps), then after ``steps`` steps.
+
+    Args:
+        learner: ANIL, MAML, NIL or any learner with ``adapt``/``predict`` (see :func:`task_predictions`).
+        batch: meta-batch, support ``(tasks, n_way * k_shot, 1, H, W)``, query ``(tasks, n_way * k_query, 1, H, W)``.
+        task: which task of the batch.
+        steps: inner steps after adaptation (``None``: the learner's default).
+
+    Returns:
+        A figure with three image panels (support, before, after); ``fig.predictions`` holds the two
+        :class:`TaskPredictions` it draws, under ``"before"`` and ``"after"``.
+    """
+    before = task_predictions(learner, batch, task, steps=0)
+    after = task_predictions(learner, batch, task, steps=steps)
+    return predictions_figure(batch, task, before, after)
+
+
+def predictions_figure(
+    batch: TaskBatch, task: int, before: TaskPredictions, after: TaskPredictions, extra_panel: bool = False
+) -> Figure:
+    """Draw support set and two sets of query predictions of one task (see :func:`plot_predictions`).
+
+    The three panels are one RGB mosaic shown 1:1 in ``fig.axes[0]``, captions drawn into its pixels: a
+    matplotlib text per image would cost more to render than everything else, and the playground redraws this
+    figure live. ``fig.captions`` maps each panel (``"support"``, ``"before"``, ``"after"``) to the
+    ``(caption, colour)`` of every image, in the batch's order, and ``fig.panel_offsets`` to its first mosaic
+    column (cells: :func:`caption_cells`, :func:`mosaic_cell_size`). With ``extra_panel`` an ordinary axes
+    ``fig.axes[1]`` is added on the right for the caller.
+    """
+    single = one_task(batch, task, "cpu")
+    n_way = int(single.support_y.max()) + 1
+    k_shot = single.support_y.shape[1] // n_way
+    panels = [("support", single.support_x[0, :, 0], single.support_y[0],
+               [(f"label {int(y)}", "black") for y in single.support_y[0]], f"Support set ({n_way}-way {k_shot}-shot)")]
+    for gid, answers, name in (("before", before, "Before adaptation (0 steps)"),
+                               ("after", after, f"After {_steps_text(after.steps)}")):
+        captions = [(f"{int(p)}: {c:.0%}", RIGHT_COLOUR if ok else WRONG_COLOUR)
+                    for p, c, ok in zip(answers.predicted, answers.confidence, answers.correct.tolist(), strict=True)]
+        title = f"{name}: {int(answers.correct.sum())}/{len(captions)} right"
+        panels.append((gid, single.query_x[0, :, 0], single.query_y[0], captions, title))
+    mosaic, offsets = _panels_mosaic(panels, n_way)
+    height, width = mosaic.shape[:2]
+    side = 3.3 if extra_panel else 0.0  # inches for the caller's panel
+    fig = Figure(figsize=(width / _DPI + side + 0.1, height / _DPI + 0.55), dpi=_DPI)
+    ax = fig.add_axes((0.05 / fig.get_figwidth(), 0.2 / fig.get_figheight(), width / _DPI / fig.get_figwidth(),
+                       height / _DPI / fig.get_figheight()))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for offset, (_, _, _, _, title) in zip(offsets, panels, strict=True):
+        ax.text(offset, -4, title, ha="left", va="bottom", fontsize=8.5)
+    fig.text(0.05 / fig.get_figwidth(), 0.04, "Queries in columns by true label; caption = predicted label: its "
+             "probability; frame green = right, red = wrong.", fontsize=7)
+    if extra_panel:
+        left = (width / _DPI + 0.75) / fig.get_figwidth()
+        fig.add_axes((left, 0.25, 1 - left - 0.02, 0.6))
+    fig.predictions = {"before": before, "after": after}
+    fig.captions = {gid: captions for gid, _, _, captions, _ in panels}
+    fig.panel_offsets = {gid: offset for offset, (gid, *_) in zip(offsets, panels, strict=True)}
+    return fig
+
+
+_DPI = 100
+_TILE = 56  # display side of one image in mosaic pixels: Omniglot at 28 px doubled, 105 px reduced
+_FONT_PX = 13
+
+
+def _panels_mosaic(panels: list[tuple], n_way: int) -> tuple[np.ndarray, list[int]]:
+    """Panels ``(gid, images (n, H, W), labels, captions, title)`` side by side as one uint8 RGB image, and the
+    x offset of each panel."""
+    mosaics = [_mosaic(images, labels, n_way, captions) for _, images, labels, captions, _ in panels]
+    height, gap = max(m.shape[0] for m in mosaics), np.full((1, _TILE // 2, 3), 255, np.uint8)
+    offsets, parts = [], []
+    for mosaic in mosaics:
+        offsets.append(sum(p.shape[1] for p in parts))
+        parts += [np.pad(mosaic, ((0, height - mosaic.shape[0]), (0, 0), (0, 0)), constant_values=255),
+                  gap.repeat(height, 0)]
+    return np.concatenate(parts[:-1], axis=1), offsets
+
+
+def caption_cells(labels: torch.Tensor, n_way: int) -> list[tuple[int, int]]:
+    """``(row, column)`` of each image of a set in its panel: a column per label (in order), a row per shot."""
+    order = torch.argsort(labels.cpu(), stable=True).tolist()  # label-major: column j holds label j
+    rows, cells = len(order) // n_way, [(0, 0)] * len(order)
+    for slot, i in enumerate(order):
+        cells[i] = (slot % rows, slot // rows)
+    return cells
+
+
+def mosaic_cell_size() -> tuple[int, int]:
+    """Height and width, in mosaic pixels, of one image's cell: frame, image, frame, caption band."""
+    return _TILE + 2 * _TILE_PAD + _FONT_PX + 6, _TILE + 2 * _TILE_PAD
+
+
+def _mosaic(images: torch.Tensor, labels: torch.Tensor, n_way: int, captions: list[tuple[str, str]]) -> np.ndarray:
+    """uint8 RGB mosaic of images ``(n, H, W)`` (float, ink = 1) with ink dark, each framed and captioned in the
+    colour of its ``(caption, colour)`` (grey frame when the colour is black)."""
+    from PIL import Image, ImageDraw
+
+    cells = caption_cells(labels, n_way)
+    (cell_h, cell_w), rows = mosaic_cell_size(), len(cells) // n_way
+    mode = "nearest" if _TILE % images.shape[-1] == 0 else "bilinear"
+    tiles = torch.nn.functional.interpolate(images.detach().float().cpu()[:, None], size=(_TILE, _TILE), mode=mode)
+    tiles = ((1.0 - tiles[:, 0].clamp(0, 1)) * 255).round().to(torch.uint8).numpy()
+    mosaic = np.full((rows * cell_h, n_way * cell_w, 3), 255, np.uint8)
+    for i, (row, column) in enumerate(cells):
+        top, left = row * cell_h, column * cell_w
+        colour = captions[i][1]
+        frame = (191, 191, 191) if colour == "black" else [round(255 * c) for c in to_rgb(colour)]
+        mosaic[top : top + _TILE + 2 * _TILE_PAD, left : left + cell_w] = frame
+        inner = slice(top + _TILE_PAD, top + _TILE_PAD + _TILE), slice(left + _TILE_PAD, left + _TILE_PAD + _TILE)
+        mosaic[inner] = tiles[i, ..., None]
+    image = Image.fromarray(mosaic)
+    draw, font = ImageDraw.Draw(image), _caption_font()
+    for i, (row, column) in enumerate(cells):
+        centre = (column * cell_w + cell_w / 2, row * cell_h + _TILE + 2 * _TILE_PAD + (_FONT_PX + 6) / 2)
+        draw.text(centre, captions[i][0], fill=captions[i][1], font=font, anchor="mm")
+    return np.asarray(image)
+
+
+@functools.lru_cache(maxsize=1)
+def _caption_font() -> Any:
+    """DejaVu Sans (shipped with matplotlib) at the caption size, for PIL."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), _FONT_PX)
+
+
+def _steps_text(steps: int | None) -> str:
+    return "adaptation" if steps is None else f"{steps} step{'s' * (steps != 1)}"

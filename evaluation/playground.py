@@ -1,0 +1,303 @@
+"""A live adaptation playground: re-adapt a trained learner's head on one test task while the reader watches.
+
+ANIL (Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse?", ICLR 2020, arXiv:1909.09157) adapts
+only a linear head on fixed features, so its inner loop is a few tiny matrix products: fast enough to redo on
+every move of a slider. :func:`adapt_and_plot` is the whole computation, one plain function that tests call
+too; :class:`Playground` only wires ipywidgets controls (scenario, test task, inner steps, inner learning rate,
+k_shot) to it, and :func:`show_playground` shows either the live widget or, headless (papermill, nbclient, CI),
+a static snapshot of the same figure at the default values.
+
+The figure shows the task's support set, the query answers before and after adaptation
+(:func:`utils.viz.predictions_figure`) and the support loss over the inner steps. For learners that expose
+their features and a linear head (ANIL) the loss curve is computed from the features once, step by step; for
+any other learner (MAML, NIL) it is measured at up to ``GENERIC_CURVE_POINTS`` step counts by re-adapting.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from algorithms.anil import HeadParams, head_logits, inner_loop
+from utils.tasks import TaskBatch, TaskPool, with_k_shot
+from utils.viz import TaskPredictions, learner_device, one_task, predictions_figure, task_predictions
+
+MAX_STEPS = 100
+INNER_LR_RANGE = (1e-3, 10.0)  # the log slider's ends
+GENERIC_CURVE_POINTS = 11
+HEADLESS_ENV = "ANIL_HEADLESS"  # set to 1 to force the static snapshot (make run, make notebook, tests)
+
+
+@contextmanager
+def inner_lr_override(learner: Any, inner_lr: float | None) -> Iterator[None]:
+    """Temporarily give ``learner`` another inner learning rate; the original is restored on exit.
+
+    ``None``, or a learner without an ``inner_lr`` (NIL), leaves everything unchanged.
+
+    Raises:
+        ValueError: ``inner_lr`` is not a positive finite number.
+    """
+    if inner_lr is None or not hasattr(learner, "inner_lr"):
+        yield
+        return
+    if not (isinstance(inner_lr, (int, float)) and math.isfinite(inner_lr) and inner_lr > 0):
+        raise ValueError(f"inner_lr must be a positive finite number, got {inner_lr!r}.")
+    previous, learner.inner_lr = learner.inner_lr, float(inner_lr)
+    try:
+        yield
+    finally:
+        learner.inner_lr = previous
+
+
+def _has_linear_head(learner: Any) -> bool:
+    """ANIL-like: features computed by the learner, adapted by a linear head (closed-form inner steps)."""
+    return hasattr(learner, "features") and isinstance(getattr(learner, "head", None), torch.nn.Linear)
+
+
+def _head_trajectory(learner: Any, single: TaskBatch, steps: int) -> tuple[list[HeadParams], torch.Tensor]:
+    """Heads after 0..``steps`` inner steps from the learner's features (computed once), and the support losses.
+
+    Returns:
+        ``(heads, losses)``: ``steps + 1`` heads ``weight (1, n_way, features)``, losses ``(steps + 1,)``.
+    """
+    features = learner.features(single.support_x, False)  # (1, n_way * k_shot, features)
+    heads = [HeadParams(learner.head.weight.unsqueeze(0), learner.head.bias.unsqueeze(0))]
+    for _ in range(steps):
+        heads.append(inner_loop(features, single.support_y, heads[-1], 1, learner.inner_lr, first_order=True))
+    losses = [F.cross_entropy(head_logits(features, head)[0], single.support_y[0]) for head in heads]
+    return heads, torch.stack(losses).cpu()
+
+
+def support_losses(learner: Any, batch: TaskBatch, task: int, steps: int) -> tuple[list[int], torch.Tensor]:
+    """Mean support cross-entropy of one task after 0, 1, ... ``steps`` inner steps.
+
+    Args:
+        learner: ANIL (exact curve from its features and closed-form head steps) or any learner with
+            ``adapt``/``predict`` (curve at up to ``GENERIC_CURVE_POINTS`` step counts).
+        batch: meta-batch, support ``(tasks, n_way * k_shot, 1, H, W)``.
+        task: which task.
+        steps: last inner step.
+
+    Returns:
+        ``(step_counts, losses)``: the step counts and a float ``(len(step_counts),)`` tensor of losses.
+    """
+    single = one_task(batch, task, learner_device(learner))
+    x, y = single.support_x, single.support_y
+    with torch.no_grad():
+        if _has_linear_head(learner):
+            return list(range(steps + 1)), _head_trajectory(learner, single, steps)[1]
+        counts = sorted({int(s) for s in np.linspace(0, steps, min(steps + 1, GENERIC_CURVE_POINTS)).round()})
+        losses = [F.cross_entropy(learner.predict(x, learner.adapt(x, y, steps=s))[0], y[0]) for s in counts]
+        return counts, torch.stack(losses).cpu()
+
+
+def _anil_answers(learner: Any, batch: TaskBatch, task: int, steps: int
+                  ) -> tuple[TaskPredictions, TaskPredictions, list[int], torch.Tensor]:
+    """Before/after predictions and the loss curve of an ANIL-like learner with one body pass per set."""
+    single = one_task(batch, task, learner_device(learner))
+    with torch.no_grad():
+        heads, losses = _head_trajectory(learner, single, steps)
+        query = learner.features(single.query_x, False)
+        answers = []
+        for head, count in ((heads[0], 0), (heads[-1], steps)):
+            probabilities = head_logits(query, head)[0].float().softmax(-1).cpu()
+            predicted = probabilities.argmax(-1)
+            answers.append(TaskPredictions(probabilities, predicted, predicted == single.query_y[0].cpu(), count))
+    return answers[0], answers[1], list(range(steps + 1)), losses
+
+
+def adapt_and_plot(learner: Any, batch: TaskBatch, task: int = 0, steps: int | None = None,
+                   inner_lr: float | None = None) -> Figure:
+    """Adapt ``learner`` on one task and draw its answers before/after and the support loss per inner step.
+
+    Args:
+        learner: ANIL, MAML, NIL or any learner with ``adapt``/``predict``.
+        batch: meta-batch, support ``(tasks, n_way * k_shot, 1, H, W)``, query ``(tasks, n_way * k_query, 1, H, W)``.
+        task: which task of the batch.
+        steps: inner steps (``None``: the learner's ``inner_steps``).
+        inner_lr: inner learning rate for this figure only (``None``: the learner's); the learner is unchanged.
+
+    Returns:
+        The figure of :func:`utils.viz.predictions_figure` plus a loss panel (``fig.axes[1]``);
+        ``fig.predictions`` and ``fig.support_losses`` (``(step_counts, losses)``) hold what it draws.
+    """
+    steps = getattr(learner, "inner_steps", 0) if steps is None else steps
+    if not isinstance(steps, int) or not 0 <= steps <= 10 * MAX_STEPS:
+        raise ValueError(f"steps must be an integer in [0, {10 * MAX_STEPS}], got {steps!r}.")
+    with inner_lr_override(learner, inner_lr):
+        if _has_linear_head(learner):  # one body pass per set instead of five
+            before, after, counts, losses = _anil_answers(learner, batch, task, steps)
+        else:
+            before = task_predictions(learner, batch, task, steps=0)
+            after = task_predictions(learner, batch, task, steps=steps)
+            counts, losses = support_losses(learner, batch, task, steps)
+        lr = getattr(learner, "inner_lr", None)
+    fig = predictions_figure(batch, task, before, after, extra_panel=True)
+    _plot_losses(fig.axes[1], counts, losses, lr, n_way=before.probabilities.shape[-1])
+    fig.support_losses = (counts, losses)
+    return fig
+
+
+def _plot_losses(ax: Any, counts: list[int], losses: torch.Tensor, lr: float | None, n_way: int) -> None:
+    """Support loss against inner steps, with ln(n_way) (a uniform guess) for reference; divergence is marked.
+
+    Linear axes with few ticks: log-scale tick labels would cost more to draw than the rest of the figure.
+    """
+    values = losses.double().numpy()
+    finite = np.isfinite(values)
+    ax.plot(np.asarray(counts)[finite], values[finite], marker="." if len(counts) <= GENERIC_CURVE_POINTS else None)
+    ax.axhline(math.log(n_way), color="grey", lw=0.8, ls=":")
+    ax.text(counts[-1], math.log(n_way), f"ln {n_way}", fontsize=7, color="grey", ha="right", va="bottom")
+    if not finite.all():
+        ax.text(0.5, 0.5, f"diverged (non-finite) by step {counts[int(np.argmin(finite))]}",
+                transform=ax.transAxes, ha="center", color="#d73027", fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.locator_params(nbins=4)
+    ax.set_xlabel("inner step", fontsize=8)
+    ax.set_title("Support loss" + (f", inner lr {lr:.3g}" if lr is not None else ""), fontsize=8.5)
+    ax.tick_params(labelsize=7)
+
+
+def has_widget_frontend() -> bool:
+    """Whether widgets can be shown live: an IPython kernel, and ``ANIL_HEADLESS`` not set.
+
+    A kernel cannot tell whether a browser is attached, so headless runs set ``ANIL_HEADLESS=1``
+    (``make run``, ``make notebook`` and the tests do); :func:`show_playground` adds a static fallback anyway.
+    """
+    if os.environ.get(HEADLESS_ENV, "") not in ("", "0") or "ipykernel" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes, drawn once (no tight bounding box: that would draw it twice).
+
+    zlib level 1: the default level 6 takes longer to compress this figure than matplotlib takes to draw it.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi, pil_kwargs={"compress_level": 1})
+    return buffer.getvalue()
+
+
+class Playground:
+    """Controls over trained learners and a pool of test tasks; every change re-adapts and redraws.
+
+    Args:
+        learners: scenario name -> trained learner (ANIL, MAML, NIL, ...), e.g. ``{"S1": anil_s1, ...}``.
+        pool: the test tasks; its images allow other ``k_shot`` values (the task's classes, new drawers).
+        steps: initial inner steps (``None``: the first learner's ``inner_steps``).
+        inner_lr: initial inner learning rate (``None``: the first learner's).
+        seed: seeds the drawers drawn for a ``k_shot`` other than the pool's.
+    """
+
+    def __init__(self, learners: Mapping[str, Any], pool: TaskPool, *, steps: int | None = None,
+                 inner_lr: float | None = None, seed: int = 0) -> None:
+        if not learners:
+            raise ValueError("learners is empty: pass a dict such as {'S1': learner}.")
+        first = next(iter(learners.values()))
+        self.learners, self.pool, self.seed = dict(learners), pool, seed
+        self.scenario, self.task, self.k_shot = next(iter(learners)), 0, pool.k_shot
+        self.steps = min(getattr(first, "inner_steps", 0), MAX_STEPS) if steps is None else steps
+        self.inner_lr = getattr(first, "inner_lr", 0.1) if inner_lr is None else inner_lr
+        self.max_k_shot = pool.images.shape[1] - pool.k_query  # every drawer of a character used at most once
+
+    def batch(self) -> TaskBatch:
+        """The current task at the current ``k_shot``: the pool's own task, or its classes with new drawers."""
+        if self.k_shot == self.pool.k_shot:
+            return self.pool.batch([self.task])
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.task * 101 + self.k_shot)
+        return with_k_shot(self.pool, self.task, self.k_shot, generator).batch([0])
+
+    def figure(self) -> Figure:
+        """:func:`adapt_and_plot` at the current values."""
+        return adapt_and_plot(self.learners[self.scenario], self.batch(), 0, self.steps, self.inner_lr)
+
+    def update(self, **values: Any) -> Figure:
+        """Set any of ``scenario``, ``task`` (an index, or ``"next"``), ``steps``, ``inner_lr``, ``k_shot``; redraw.
+
+        Raises:
+            ValueError: an unknown control or a value out of its range.
+        """
+        unknown = sorted(set(values) - {"scenario", "task", "steps", "inner_lr", "k_shot"})
+        if unknown:
+            raise ValueError(f"Unknown playground control(s) {unknown}; use scenario, task, steps, inner_lr, k_shot.")
+        if values.get("task") == "next":
+            values["task"] = (self.task + 1) % len(self.pool)
+        checks = {"scenario": lambda v: v in self.learners, "task": lambda v: 0 <= v < len(self.pool),
+                  "steps": lambda v: 0 <= v <= MAX_STEPS, "k_shot": lambda v: 1 <= v <= self.max_k_shot,
+                  "inner_lr": lambda v: v > 0 and math.isfinite(v)}
+        for name, value in values.items():
+            if not checks[name](value):
+                raise ValueError(f"{name}={value!r} is out of range for this playground.")
+            setattr(self, name, value)
+        return self.figure()
+
+    def widget(self) -> Any:
+        """The ipywidgets interface: controls above the figure, redrawn (as one PNG) on every change."""
+        import ipywidgets as widgets
+
+        image = widgets.Image(format="png", value=figure_png(self.figure()))
+        controls = {
+            "scenario": widgets.Dropdown(options=list(self.learners), value=self.scenario, description="scenario"),
+            "task": widgets.BoundedIntText(value=self.task, min=0, max=len(self.pool) - 1, description="test task"),
+            "steps": widgets.IntSlider(value=self.steps, min=0, max=MAX_STEPS, description="inner steps"),
+            "inner_lr": widgets.FloatLogSlider(value=self.inner_lr, base=10, min=math.log10(INNER_LR_RANGE[0]),
+                                               max=math.log10(INNER_LR_RANGE[1]), step=0.05, description="inner lr"),
+            "k_shot": widgets.IntSlider(value=self.k_shot, min=1, max=self.max_k_shot, description="k_shot"),
+        }
+        following = widgets.Button(description="next task")
+
+        def redraw(change: dict) -> None:
+            name = next(k for k, w in controls.items() if w is change["owner"])
+            image.value = figure_png(self.update(**{name: change["new"]}))
+
+        def next_task(_: Any) -> None:
+            controls["task"].value = (self.task + 1) % len(self.pool)  # triggers redraw
+
+        for control in controls.values():
+            control.observe(redraw, names="value")
+        following.on_click(next_task)
+        rows = [widgets.HBox([controls["scenario"], controls["task"], following]),
+                widgets.HBox([controls["steps"], controls["inner_lr"], controls["k_shot"]])]
+        return widgets.VBox([*rows, image])
+
+
+def show_playground(learners: Mapping[str, Any], pool: TaskPool, **options: Any) -> Figure | None:
+    """Show the live playground, or return a static snapshot of its figure when no widget frontend can show it.
+
+    With a kernel, the widget is displayed together with a PNG of its first figure: a frontend without the
+    widget manager (a static viewer of the saved notebook) shows the PNG instead. Headless, the snapshot figure
+    is returned for the cell to display. Nothing raises because widgets are unavailable.
+
+    Args:
+        learners: scenario name -> trained learner.
+        pool: test tasks.
+        **options: ``steps``, ``inner_lr``, ``seed`` of :class:`Playground`.
+    """
+    playground = Playground(learners, pool, **options)
+    if not has_widget_frontend():
+        return playground.figure()
+    try:
+        widget = playground.widget()
+    except ImportError:  # ipywidgets missing: the snapshot still teaches something
+        return playground.figure()
+    from IPython.display import display
+
+    bundle = widget._repr_mimebundle_()
+    bundle["image/png"] = base64.b64encode(widget.children[-1].value).decode("ascii")
+    display(bundle, raw=True)
+    return None

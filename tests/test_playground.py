@@ -1,0 +1,118 @@
+"""The adaptation playground: its one plain function, its update path, the widget and the headless snapshot."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from algorithms.maml import MAML
+from evaluation.playground import (
+    Playground,
+    adapt_and_plot,
+    figure_png,
+    has_widget_frontend,
+    show_playground,
+    support_losses,
+)
+from tests.evaluation_support import conv4, make_anil, make_pool, run
+from utils.tasks import with_k_shot
+
+
+@pytest.fixture(scope="module")
+def learner(background28):
+    anil = make_anil(seed=0, inner_lr=0.4, inner_steps=2)
+    run(anil, make_pool(background28, 64, seed=1), iterations=15, meta_batch_size=4)
+    return anil
+
+
+@pytest.fixture(scope="module")
+def pool(evaluation28):
+    return make_pool(evaluation28, 6, seed=4, k_query=3)
+
+
+def _reference_probabilities(learner, batch, steps, inner_lr):
+    """Adapt a copy of the learner with the given inner learning rate: an independent path."""
+    other = copy.deepcopy(learner)
+    other.inner_lr = inner_lr
+    with torch.no_grad():
+        fast = other.adapt(batch.support_x, batch.support_y, steps=steps)
+        return other.predict(batch.query_x, fast)[0].softmax(-1)
+
+
+def test_adapt_and_plot_uses_the_given_inner_lr_without_keeping_it(learner, pool):
+    batch = pool.batch([2])
+    fig = adapt_and_plot(learner, batch, 0, steps=7, inner_lr=1.3)
+    assert learner.inner_lr == 0.4  # restored
+    torch.testing.assert_close(fig.predictions["after"].probabilities, _reference_probabilities(learner, batch, 7, 1.3))
+    counts, losses = fig.support_losses
+    assert counts == list(range(8)) and losses.shape == (8,)
+
+
+def test_support_loss_curve_matches_re_adapting(learner, pool):
+    """The ANIL curve (features once, one closed-form step at a time) equals the loss after adapt(steps=s)."""
+    batch = pool.batch([1])
+    counts, losses = support_losses(learner, batch, 0, 6)
+    with torch.no_grad():
+        for s in (0, 1, 6):
+            fast = learner.adapt(batch.support_x, batch.support_y, steps=s)
+            expected = F.cross_entropy(learner.predict(batch.support_x, fast)[0], batch.support_y[0])
+            torch.testing.assert_close(losses[counts.index(s)], expected)
+
+
+def test_update_changes_the_adapted_head_and_the_figure(learner, pool):
+    playground = Playground({"S1": learner, "S2": make_anil(seed=3)}, pool, steps=2)
+    first = playground.figure()
+    changes = [{"steps": 20}, {"inner_lr": 2.0}, {"task": "next"}, {"scenario": "S2"}, {"k_shot": 3}]
+    previous_png, previous = figure_png(first), first.predictions["after"].probabilities
+    for change in changes:
+        fig = playground.update(**change)
+        probabilities = fig.predictions["after"].probabilities
+        assert probabilities.shape != previous.shape or not torch.allclose(probabilities, previous), change
+        png = figure_png(fig)
+        assert png != previous_png, change
+        previous_png, previous = png, probabilities
+    assert (playground.task, playground.k_shot, playground.scenario) == (1, 3, "S2")
+    reference = _reference_probabilities(playground.learners["S2"], playground.batch(), 20, 2.0)
+    torch.testing.assert_close(previous, reference)
+    with pytest.raises(ValueError, match="steps"):
+        playground.update(steps=101)
+    with pytest.raises(ValueError, match="Unknown"):
+        playground.update(lr=0.1)
+
+
+def test_k_shot_keeps_the_task_and_draws_distinct_drawers(pool):
+    task = with_k_shot(pool, 4, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(task.classes[0], pool.classes[4]) and torch.equal(task.labels[0], pool.labels[4])
+    assert task.examples.shape == (1, pool.n_way, 5 + pool.k_query)
+    assert all(len(set(row.tolist())) == row.numel() for row in task.examples[0])  # support and query disjoint
+    batch = task.batch([0])
+    assert batch.support_x.shape[1] == pool.n_way * 5 and batch.query_x.shape[1] == pool.n_way * pool.k_query
+
+
+def test_generic_learners_get_a_sampled_curve(pool):
+    maml = MAML(*conv4(seed=1), inner_lr=0.1, inner_steps=1)
+    fig = adapt_and_plot(maml, pool.batch([0]), 0, steps=3, inner_lr=0.2)
+    assert fig.support_losses[0] == [0, 1, 2, 3] and maml.inner_lr == 0.1
+
+
+def test_widget_controls_redraw(learner, pool):
+    playground = Playground({"S1": learner}, pool, steps=2)
+    widget = playground.widget()
+    image = widget.children[-1]
+    before = image.value
+    steps_slider = widget.children[1].children[0]
+    steps_slider.value = 30
+    assert playground.steps == 30 and image.value != before
+
+
+def test_headless_returns_a_static_snapshot(learner, pool, monkeypatch):
+    monkeypatch.setenv("ANIL_HEADLESS", "1")
+    assert not has_widget_frontend()
+    snapshot = show_playground({"S1": learner}, pool, steps=5)
+    assert isinstance(snapshot, Figure) and snapshot.support_losses[0][-1] == 5
+    monkeypatch.delenv("ANIL_HEADLESS")
+    assert isinstance(show_playground({"S1": learner}, pool), Figure)  # plain Python: no kernel at all
