@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU run (issue 14), from the repository root, about 6 minutes (at most ~9: every step is under
+# One prepared GPU run (issue 14), from the repository root, about 6 minutes (at most ~8: every step is under
 # `timeout`). Needs .gpu/omniglot-py.tar.gz (a tar of shared/data/omniglot-py) and torch with CUDA; no internet,
 # papermill or Jupyter. Writes at most 8 files to $OUT, named after the GPU, for benchmarks/measured/:
 #   <gpu>_device.txt, <gpu>_benchmark.csv (S1/S2 at 28 and 105, CUDA graph on and off, auto and grouped layouts,
@@ -24,31 +24,28 @@ LOG="$OUT/${GPU}_run.log"
   timeout 30 tar xzf .gpu/omniglot-py.tar.gz -C /tmp/data && ls /tmp/data/omniglot-py
 
   # (c) a/b against the floor, graph on and off (anil_ms is graph on)
-  timeout 75 python3 -m benchmarks.run --device cuda --sizes 28 105 --scenarios S1 S2 --cuda-graph on off \
-      --anil-layouts grouped --methods --repeats 20 --warmup 4 --out /tmp/work/bench
+  timeout 70 python3 -m benchmarks.run --device cuda --sizes 28 105 --scenarios S1 S2 --cuda-graph on off \
+      --anil-layouts grouped --methods --repeats 15 --warmup 3 --out /tmp/work/bench
   cp /tmp/work/bench/benchmark.csv "$OUT/${GPU}_benchmark.csv"
 
-  # CUDA tests of the graph (replay == eager, resume recaptures, pinned batches), when pytest is installed
-  python3 -c "import pytest" && OMNIGLOT_ROOT=/tmp/data timeout 60 python3 -m pytest -q -p no:cacheprovider \
-      tests/test_gpu_step.py -k "replayed or pinned or resumes"
+  # (e) the notebook's pipeline, headless, at the seed preset (125 iterations, MAML included; issue 12)
+  timeout 200 python3 -m benchmarks.seed_preset --data-root /tmp/data --cache-dir /tmp/cache --preset seed \
+      --pretrained omniglot --results-dir /tmp/work/seed
+  cp /tmp/work/seed/seed_preset_comparison.csv "$OUT/${GPU}_seed_preset_comparison.csv"
+  cp /tmp/work/seed/seed_seed_vs_run.csv "$OUT/${GPU}_seed_vs_run.csv"
 
-  # (3) levers for the 105x105 gap: grouped layout with channels_last, with torch.compile (graph on)
-  timeout 70 python3 -m benchmarks.run --device cuda --sizes 105 --scenarios S2 --cuda-graph on \
-      --anil-layouts grouped --anil-levers channels_last compile --methods --repeats 20 --warmup 4 \
-      --out /tmp/work/levers
-  cp /tmp/work/levers/benchmark.csv "$OUT/${GPU}_benchmark_levers.csv"
-
-  # (d) train() throughput, sampling and logging included; decodes the background split into /tmp/cache
-  timeout 90 python3 -m benchmarks.train_throughput --data-root /tmp/data --cache-dir /tmp/cache --sizes 28 105 \
-      --cuda-graph on off --iterations 300 --warmup 10 --out /tmp/work/tp
+  # (d) train() throughput, sampling and logging included (the background split is decoded above)
+  timeout 80 python3 -m benchmarks.train_throughput --data-root /tmp/data --cache-dir /tmp/cache --sizes 28 105 \
+      --cuda-graph on off --iterations 200 --warmup 10 --out /tmp/work/tp
   cp /tmp/work/tp/train_throughput.csv "$OUT/${GPU}_train_throughput.csv"
 
-  # (e) the notebook's pipeline, headless: seed preset, then the gpu preset
-  timeout 90 python3 -m benchmarks.seed_preset --data-root /tmp/data --cache-dir /tmp/cache --preset seed \
-      --maml-iterations 50 --results-dir /tmp/work/seed
-  cp /tmp/work/seed/seed_preset_comparison.csv "$OUT/${GPU}_seed_preset_comparison.csv"
-  timeout 70 python3 -m benchmarks.seed_preset --data-root /tmp/data --cache-dir /tmp/cache --preset gpu \
-      --results-dir /tmp/work/gpu
-  cp /tmp/work/gpu/gpu_preset_comparison.csv "$OUT/${GPU}_gpu_preset_comparison.csv"
+  # CUDA tests of the graph (replay == eager, resume recaptures, pinned batches), when pytest is installed
+  python3 -c "import pytest" && OMNIGLOT_ROOT=/tmp/data timeout 35 python3 -m pytest -q -p no:cacheprovider \
+      tests/test_gpu_step.py -k "replayed or pinned or resumes"
+
+  # (3) a lever for the 105x105 gap: grouped layout with channels_last (graph on)
+  timeout 40 python3 -m benchmarks.run --device cuda --sizes 105 --scenarios S2 --cuda-graph on \
+      --anil-layouts grouped --anil-levers channels_last --methods --repeats 15 --warmup 3 --out /tmp/work/levers
+  cp /tmp/work/levers/benchmark.csv "$OUT/${GPU}_benchmark_levers.csv"
   ls -la "$OUT"
 } 2>&1 | tee "$LOG"
