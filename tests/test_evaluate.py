@@ -111,8 +111,10 @@ def test_maml_uses_the_generic_adapt_predict_path(evaluation28):
     result = evaluate(maml, small, device="cpu", progress=False)
     assert result.per_task_after == pytest.approx(reference_accuracies(maml, small, 1), abs=1e-6)
     assert result.train_steps is None and result.acc_at_train_steps is None  # MAML would adapt once more
+    # MAML has body features per set too, so NIL (no head, no inner loop) can score its body.
+    assert evaluate(maml, small, device="cpu", nil=True, progress=False).per_task_nil is not None
     with pytest.raises(ValueError, match="NIL needs a learner with a features"):
-        evaluate(maml, small, device="cpu", nil=True, progress=False)
+        evaluate(object(), small, device="cpu", steps=1, nil=True, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate(maml, small, device="cpu", batch_size=0, progress=False)
 
