@@ -111,7 +111,7 @@ ROWS: dict[str, tuple[str | None, RunGetter, str]] = {
     "Speed-up vs S1": ("speedup_vs_s1", lambda r, c: c["Speed-up vs reference (it/s ratio)"], ".2f"),
     "GPU usage (%)": ("gpu_usage_percent", lambda r, c: r.train.gpu_utilisation, ".0f"),
     "Peak memory (GiB)": ("peak_memory_gb", lambda r, c: r.train.peak_memory_mb / 1024, ".2f"),
-    "Memory vs S1": ("memory_vs_s1", lambda r, c: c["Memory vs reference (ratio)"], ".2f"),
+    "Memory vs S1": ("memory_vs_s1", lambda r, c: c["Memory vs reference (ratio, CUDA only)"], ".2f"),
     "Accuracy before adaptation (%)": ("accuracy_before_percent",
                                        lambda r, c: _percent((r.test_seed or r.test).acc_before), ".2f"),
     "Accuracy after adaptation (%, seed's 100 tasks)": ("accuracy_after_percent",
@@ -124,7 +124,7 @@ ROWS: dict[str, tuple[str | None, RunGetter, str]] = {
     "Rank: test accuracy (1 = highest)": ("rank_test_accuracy", lambda r, c: c["Rank: test accuracy (1 = highest)"],
                                           "d"),
     "Rank: speed (1 = fastest)": ("rank_speed", lambda r, c: c["Rank: speed (1 = fastest)"], "d"),
-    "Rank: memory (1 = least)": ("rank_memory", lambda r, c: c["Rank: memory (1 = least)"], "d"),
+    "Rank: memory (1 = least)": ("rank_memory", lambda r, c: c["Rank: memory (1 = least, CUDA only)"], "d"),
     "Meta-overfitting": ("meta_overfitting", lambda r, c: "yes" if c["Meta-overfitting flag"] else "no", "s"),
 }
 
