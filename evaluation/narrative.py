@@ -221,19 +221,31 @@ def _speed_sentence(name: str, speedup: float) -> str:
     )
 
 
-def maml_summary(anil: ScenarioRecord, maml: ScenarioRecord, per_task_maml_s_per_step: float | None = None) -> str:
+def maml_summary(anil: ScenarioRecord, maml: ScenarioRecord, per_task_maml_s_per_step: float | None = None, *,
+                 maml_form: str = "batched", anil_s_per_step: float | None = None,
+                 batched_maml_s_per_step: float | None = None) -> str:
     """ANIL against MAML on the same tasks and iterations, checked against the seed's and the paper's claims.
 
     Args:
         anil: ANIL at MAML's budget (same iterations, same test tasks and test inner steps).
         maml: the MAML record.
         per_task_maml_s_per_step: seconds per outer step of MAML written as a loop over tasks (as MAML is
-            usually written), timed separately; adds the second ratio when given.
+            usually written), timed separately; adds the "per-task" ratio when given.
+        maml_form: the form MAML was trained in (``"batched"`` or ``"per-task"``), named in the training ratio.
+        anil_s_per_step: ANIL's seconds per outer step, timed like the MAML figures (same meta-batch); the timed
+            ratios then use it instead of ANIL's training it/s.
+        batched_maml_s_per_step: seconds per outer step of MAML batched over tasks, timed on the same meta-batch;
+            adds the "both batched" ratio when MAML did not train batched.
     """
     batched = anil.train.iterations_per_s / maml.train.iterations_per_s
-    ratios = [_speed_sentence("ANIL vs MAML, both batched (training it/s of both records)", batched)]
+    anil_s = anil_s_per_step if anil_s_per_step is not None else 1 / anil.train.iterations_per_s
+    trained = ("both batched" if maml_form == "batched" else f"MAML {maml_form}") + " (training it/s of both records)"
+    ratios = [_speed_sentence(f"ANIL vs MAML, {trained}", batched)]
+    if batched_maml_s_per_step is not None and maml_form != "batched":
+        batched = batched_maml_s_per_step / anil_s
+        ratios.append(_speed_sentence("ANIL vs MAML, both batched (one meta-batch, timed)", batched))
     if per_task_maml_s_per_step is not None:
-        per_task = per_task_maml_s_per_step * anil.train.iterations_per_s
+        per_task = per_task_maml_s_per_step / anil_s
         ratios.append(_speed_sentence("ANIL vs per-task MAML (a loop over the tasks, timed separately)", per_task))
     in_seed = SEED_SPEEDUP[0] <= batched <= SEED_SPEEDUP[1]
     ratio = anil.test.acc_after / maml.test.acc_after

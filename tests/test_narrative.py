@@ -82,6 +82,11 @@ def test_maml_summary_reports_both_ratios_against_the_paper():
     assert "saves most" not in text
     with_loop = narrative.maml_summary(anil, maml, per_task_maml_s_per_step=2.0)  # 0.5 it/s: 6x slower than ANIL
     assert "per-task MAML" in with_loop and "**6.00x**" in with_loop and "above the paper's 1.7x" in with_loop
+    # MAML trained per task (a CPU): the training ratio is named so, and the batched ratio comes from timed steps.
+    cpu = narrative.maml_summary(anil, maml, 2.0, maml_form="per-task", anil_s_per_step=0.5,
+                                 batched_maml_s_per_step=3.0)
+    assert "MAML per-task (training it/s" in cpu and "both batched (one meta-batch, timed): **6.00x**" in cpu
+    assert "per-task MAML (a loop over the tasks, timed separately): **4.00x**" in cpu
 
 
 def test_budget_summary_at_equal_iterations_and_time():
