@@ -39,10 +39,6 @@ GENERIC_CURVE_POINTS = 11
 HEADLESS_ENV = "ANIL_HEADLESS"  # set to 1 to force the static snapshot (make run, make notebook, tests)
 
 
-
-WIDGET_DPI = 72  # the live widget's image resolution: a screen's, and a third cheaper to draw than 100
-
-
 @contextmanager
 def inner_lr_override(learner: Any, inner_lr: float | None) -> Iterator[None]:
     """Temporarily give ``learner`` another inner learning rate; the original is restored on exit.
@@ -191,11 +187,9 @@ def figure_png(fig: Figure) -> bytes:
     """The figure as PNG bytes, drawn once (no tight bounding box: that would draw it twice).
 
     zlib level 1: the default level 6 takes longer to compress this figure than matplotlib takes to draw it.
-    Screen resolution (:data:`WIDGET_DPI`): rasterising the 13-inch figure at 100 dpi took 126 ms of a 2-core
-    AVX2 CPU's redraw, at 72 dpi 95 ms, which keeps a whole redraw under 200 ms.
     """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=min(fig.dpi, WIDGET_DPI), pil_kwargs={"compress_level": 1})
+    fig.savefig(buffer, format="png", dpi=fig.dpi, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
 
