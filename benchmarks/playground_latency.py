@@ -1,8 +1,9 @@
 """Redraw latency of the adaptation playground (conv4, 28x28, 5-way 1-shot, 5 queries per class).
 
-One redraw = re-adapt the head (:func:`evaluation.playground.adapt_and_plot`) and render the figure to PNG as
-the widget does (:func:`evaluation.playground.figure_png`). Prints the median wall and CPU time of 10 redraws per
-control. ``python -m benchmarks.playground_latency [--data-root data]``.
+One redraw = what the live widget does on a slider move: set the control, re-adapt the head and encode its two
+images (:meth:`evaluation.playground.Playground.live_images`: the predictions mosaic by PIL, the support-loss panel
+by matplotlib). Prints the median wall and CPU time of 10 redraws per control.
+``python -m benchmarks.playground_latency [--data-root data]``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-from evaluation.playground import Playground, figure_png
+from evaluation.playground import Playground
 from evaluation.scenarios import SCENARIOS, build_network, make_learner
 from utils.config import PRESETS
 from utils.data import load_omniglot
@@ -33,7 +34,8 @@ def measure(playground: Playground, change, repeats: int = 10) -> tuple[float, f
     walls, cpus = [], []
     for i in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
-        figure_png(playground.update(**change(i)))
+        playground.set(**change(i))
+        playground.live_images()
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return statistics.median(walls), statistics.median(cpus)
@@ -50,7 +52,7 @@ def main() -> None:
     pool = make_task_pool(evaluation.images, 50, 5, 1, 5, torch.Generator().manual_seed(0))
     learner = make_learner(SCENARIOS["S2"], *build_network("conv4", config), config)
     playground = Playground({"S2": learner}, pool, steps=config.test_inner_steps)
-    figure_png(playground.figure())  # warm-up: fonts, layout choice
+    playground.live_images()  # warm-up: fonts, layout choice
     print(f"torch threads: {torch.get_num_threads()}")
     for name, change in CHANGES.items():
         wall, cpu = measure(playground, change)

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 
 from algorithms.anil import HeadParams, head_logits, inner_loop
 from utils.tasks import TaskBatch, TaskPool, with_k_shot
-from utils.viz import TaskPredictions, learner_device, one_task, predictions_figure, task_predictions
+from utils.viz import TaskPredictions, learner_device, one_task, predictions_figure, predictions_png, task_predictions
 
 MAX_STEPS = 100
 INNER_LR_RANGE = (1e-3, 10.0)  # the log slider's ends
@@ -132,6 +132,21 @@ def adapt_and_plot(learner: Any, batch: TaskBatch, task: int = 0, steps: int | N
         The figure of :func:`utils.viz.predictions_figure` plus a loss panel (``fig.axes[1]``);
         ``fig.predictions`` and ``fig.support_losses`` (``(step_counts, losses)``) hold what it draws.
     """
+    before, after, counts, losses, lr = adapted_answers(learner, batch, task, steps, inner_lr)
+    fig = predictions_figure(batch, task, before, after, extra_panel=True)
+    _plot_losses(fig.axes[1], counts, losses, lr, n_way=before.probabilities.shape[-1])
+    fig.support_losses = (counts, losses)
+    return fig
+
+
+def adapted_answers(learner: Any, batch: TaskBatch, task: int = 0, steps: int | None = None,
+                    inner_lr: float | None = None
+                    ) -> tuple[TaskPredictions, TaskPredictions, list[int], torch.Tensor, float | None]:
+    """What :func:`adapt_and_plot` draws: answers before and after, the support-loss curve and the inner lr used.
+
+    Returns:
+        ``(before, after, step_counts, support_losses, inner_lr)``; arguments as in :func:`adapt_and_plot`.
+    """
     steps = getattr(learner, "inner_steps", 0) if steps is None else steps
     if not isinstance(steps, int) or not 0 <= steps <= 10 * MAX_STEPS:
         raise ValueError(f"steps must be an integer in [0, {10 * MAX_STEPS}], got {steps!r}.")
@@ -143,10 +158,14 @@ def adapt_and_plot(learner: Any, batch: TaskBatch, task: int = 0, steps: int | N
             after = task_predictions(learner, batch, task, steps=steps)
             counts, losses = support_losses(learner, batch, task, steps)
         lr = getattr(learner, "inner_lr", None)
-    fig = predictions_figure(batch, task, before, after, extra_panel=True)
-    _plot_losses(fig.axes[1], counts, losses, lr, n_way=before.probabilities.shape[-1])
-    fig.support_losses = (counts, losses)
-    return fig
+    return before, after, counts, losses, lr
+
+
+def loss_png(counts: list[int], losses: torch.Tensor, lr: float | None, n_way: int) -> bytes:
+    """The support-loss panel of :func:`adapt_and_plot` alone, as PNG (the live widget's right-hand image)."""
+    fig = Figure(figsize=(3.6, 3.0), dpi=100)
+    _plot_losses(fig.add_axes((0.16, 0.16, 0.8, 0.72)), counts, losses, lr, n_way)
+    return figure_png(fig)
 
 
 def _plot_losses(ax: Any, counts: list[int], losses: torch.Tensor, lr: float | None, n_way: int) -> None:
@@ -226,8 +245,24 @@ class Playground:
         """:func:`adapt_and_plot` at the current values."""
         return adapt_and_plot(self.learners[self.scenario], self.batch(), 0, self.steps, self.inner_lr)
 
+    def live_images(self) -> tuple[bytes, bytes]:
+        """The widget's two PNGs at the current values: the predictions mosaic and the support-loss panel.
+
+        The same content as :meth:`figure`, drawn without building a matplotlib figure for the mosaic, so that a
+        redraw stays interactive (see ``benchmarks/playground_latency.py``).
+        """
+        batch = self.batch()
+        before, after, counts, losses, lr = adapted_answers(self.learners[self.scenario], batch, 0, self.steps,
+                                                            self.inner_lr)
+        return predictions_png(batch, 0, before, after), loss_png(counts, losses, lr, before.probabilities.shape[-1])
+
     def update(self, **values: Any) -> Figure:
-        """Set any of ``scenario``, ``task`` (an index, or ``"next"``), ``steps``, ``inner_lr``, ``k_shot``; redraw.
+        """:meth:`set` the given controls, then the redrawn :meth:`figure`."""
+        self.set(**values)
+        return self.figure()
+
+    def set(self, **values: Any) -> None:
+        """Set any of ``scenario``, ``task`` (an index, or ``"next"``), ``steps``, ``inner_lr``, ``k_shot``.
 
         Raises:
             ValueError: an unknown control or a value out of its range.
@@ -244,13 +279,12 @@ class Playground:
             if not checks[name](value):
                 raise ValueError(f"{name}={value!r} is out of range for this playground.")
             setattr(self, name, value)
-        return self.figure()
 
     def widget(self) -> Any:
         """The ipywidgets interface: controls above the figure, redrawn (as one PNG) on every change."""
         import ipywidgets as widgets
 
-        image = widgets.Image(format="png", value=figure_png(self.figure()))
+        predictions, losses = (widgets.Image(format="png", value=png) for png in self.live_images())
         controls = {
             "scenario": widgets.Dropdown(options=list(self.learners), value=self.scenario, description="scenario"),
             "task": widgets.BoundedIntText(value=self.task, min=0, max=len(self.pool) - 1, description="test task"),
@@ -263,7 +297,8 @@ class Playground:
 
         def redraw(change: dict) -> None:
             name = next(k for k, w in controls.items() if w is change["owner"])
-            image.value = figure_png(self.update(**{name: change["new"]}))
+            self.set(**{name: change["new"]})
+            predictions.value, losses.value = self.live_images()
 
         def next_task(_: Any) -> None:
             controls["task"].value = (self.task + 1) % len(self.pool)  # triggers redraw
@@ -273,7 +308,7 @@ class Playground:
         following.on_click(next_task)
         rows = [widgets.HBox([controls["scenario"], controls["task"], following]),
                 widgets.HBox([controls["steps"], controls["inner_lr"], controls["k_shot"]])]
-        return widgets.VBox([*rows, image])
+        return widgets.VBox([*rows, widgets.HBox([predictions, losses])])
 
 
 def show_playground(learners: Mapping[str, Any], pool: TaskPool, **options: Any) -> Figure | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import io
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,11 +104,27 @@ def test_generic_learners_get_a_sampled_curve(pool):
 def test_widget_controls_redraw(learner, pool):
     playground = Playground({"S1": learner}, pool, steps=2)
     widget = playground.widget()
-    image = widget.children[-1]
-    before = image.value
+    images = widget.children[-1].children  # the predictions mosaic and the support-loss panel
+    before = [bytes(image.value) for image in images]
+    assert all(value.startswith(b"\x89PNG") for value in before)
     steps_slider = widget.children[1].children[0]
     steps_slider.value = 30
-    assert playground.steps == 30 and image.value != before
+    assert playground.steps == 30 and all(bytes(image.value) != old for image, old in zip(images, before, strict=True))
+
+
+def test_live_mosaic_is_the_figures_mosaic_with_its_titles(learner, pool):
+    """The widget's PIL image holds exactly the pixels that the matplotlib figure shows, below a title band."""
+    from PIL import Image
+
+    from utils.viz import _panels_mosaic, _prediction_panels
+
+    playground = Playground({"S1": learner}, pool, steps=3)
+    fig = playground.figure()
+    panels, n_way = _prediction_panels(playground.batch(), 0, fig.predictions["before"], fig.predictions["after"])
+    mosaic, _ = _panels_mosaic(panels, n_way)
+    live = np.asarray(Image.open(io.BytesIO(playground.live_images()[0])).convert("RGB"))
+    assert np.array_equal(live[-mosaic.shape[0]:], mosaic)
+    assert (live[: live.shape[0] - mosaic.shape[0]] < 255).any()  # the titles are drawn
 
 
 def test_headless_returns_a_static_snapshot(learner, pool, monkeypatch):
