@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from algorithms.features import body_mode
 from algorithms.maml import HEAD_PREFIX, MAML
 from algorithms.nil import nil_logits
-from evaluation.evaluate import _accuracy, confidence_interval
+from evaluation.evaluate import _accuracy, confidence_interval, paired_difference
 from utils.tasks import TaskPool
 
 FREEZING_COLUMNS = ("all layers", "head only", "none (NIL)")
@@ -104,9 +104,9 @@ def freezing_accuracies(
 def paired_summary(per_task: pd.DataFrame, reference: str = FREEZING_COLUMNS[0]) -> pd.DataFrame:
     """Mean and 95% CI of each column, and of each column's per-task difference from ``reference`` (paired).
 
-    A minimal paired-difference helper: the CI of a difference is
-    :func:`evaluation.evaluate.confidence_interval` of the per-task differences, which is narrower than the two
-    accuracies' CIs when tasks vary in difficulty. An interval that contains 0 means not distinguishable.
+    The differences are :func:`evaluation.evaluate.paired_difference`, the helper behind every paired sentence of
+    :mod:`evaluation.narrative`: narrower than the two accuracies' CIs when tasks vary in difficulty. An interval
+    that contains 0 means not distinguishable.
 
     Args:
         per_task: one row per task, one column per variant (e.g. :func:`freezing_accuracies`).
@@ -120,7 +120,8 @@ def paired_summary(per_task: pd.DataFrame, reference: str = FREEZING_COLUMNS[0])
     rows = {}
     for column in per_task:
         mean, ci = confidence_interval(per_task[column].to_numpy(dtype=float, copy=True))
-        diff, diff_ci = confidence_interval((per_task[column] - per_task[reference]).to_numpy(dtype=float))
+        diff, diff_ci = paired_difference(per_task[column].to_numpy(dtype=float),
+                                          per_task[reference].to_numpy(dtype=float))
         rows[column] = {"accuracy": mean, "ci": ci, f"diff_vs_{reference}": diff, "diff_ci": diff_ci,
                         "distinguishable": column != reference and abs(diff) > diff_ci}
     return pd.DataFrame.from_dict(rows, orient="index")
