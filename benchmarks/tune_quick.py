@@ -7,6 +7,8 @@ background characters), which choose the values, and on the test tasks, which on
 
     python -m benchmarks.tune_quick --data-root data --inner-lr 0.05 0.1 0.2 0.4 --seeds 0
     python -m benchmarks.tune_quick --data-root data --inner-lr 0.1 --bf16-body on off   # bf16 accuracy A/B
+    python -m benchmarks.tune_quick --data-root data --inner-lr 0.1 --bf16-body off --meta-batch-size 8 \
+        --outer-lr 0.006 --iterations 900                                                   # a budget of tasks
 
 It writes ``results/tune_quick.csv`` (one row per run and split) and prints it. Each run takes 3-5 minutes on a
 2-core CPU. Run several processes side by side only with ``OMP_NUM_THREADS=1`` each.
@@ -15,6 +17,7 @@ It writes ``results/tune_quick.csv`` (one row per run and split) and prints it. 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,32 +30,44 @@ from evaluation.scenarios import SCENARIOS, build_network, make_learner, make_po
 from evaluation.training import train
 from utils.config import PRESETS, Config, resolve_config
 from utils.data import OmniglotSplit, load_omniglot
+from utils.tasks import make_task_pool
 
 STEPS = (0, 5, 10, 20, 40, 50, 80, 160)
 
 
-def tune_run(config: Config, splits: list[OmniglotSplit], steps: tuple[int, ...]) -> list[dict]:
-    """Train S2 with ``config`` on the CPU; accuracy (%) after each of ``steps`` on validation and test tasks.
+def tune_run(config: Config, splits: list[OmniglotSplit], steps: tuple[int, ...], scenario: str = "S2",
+             train_k_query: int | None = None) -> list[dict]:
+    """Train S2 (or S1) with ``config`` on the CPU; accuracy (%) after each of ``steps`` on validation and test tasks.
 
     Args:
         config: the run's configuration (a quick preset with overrides).
         splits: the background and evaluation splits at ``config.image_size``, loaded once by the caller.
         steps: test-time inner-step counts to measure.
+        scenario: ``"S2"`` or ``"S1"``.
+        train_k_query: query images per class of the *training* tasks (default ``config.k_query``); validation
+            and test tasks keep ``config.k_query``.
     """
     device = torch.device("cpu")
     pools = make_pools(*splits, config)
-    spec = SCENARIOS["S2"]
+    if train_k_query is not None and train_k_query != config.k_query:
+        pools = dataclasses.replace(pools, train=make_task_pool(
+            pools.train_images, config.train_tasks, config.n_way, config.k_shot, train_k_query,
+            torch.Generator().manual_seed(config.seed * 1000 + 1), rotations=config.rotations))
+    spec = SCENARIOS[scenario]
+    iterations = config.s2_iterations if scenario == "S2" else config.s1_iterations
     learner = make_learner(spec, *build_network(spec.architecture, config), config)
     started = time.perf_counter()
-    train(learner, pools.train, config.s2_iterations, config.meta_batch_size,
+    train(learner, pools.train, iterations, config.meta_batch_size,
           generator=torch.Generator().manual_seed(config.seed), device=device, scenario=spec.name,
           progress=False, lr_schedule=config.outer_lr_schedule)
     seconds = time.perf_counter() - started
     rows = []
     for split, pool in (("validation", pools.val), ("test", pools.test)):
         accs, nil = per_task_accuracies(learner, pool, steps, 50, device, nil=True, progress=False)
-        row = {"inner_lr": config.inner_lr, "bf16_body": config.bf16_body, "seed": config.seed, "split": split,
-               "tasks": len(pool),
+        row = {"scenario": scenario, "iterations": iterations, "meta_batch_size": config.meta_batch_size,
+               "train_k_query": train_k_query or config.k_query,
+               "outer_lr": config.outer_lr, "inner_lr": config.inner_lr, "bf16_body": config.bf16_body,
+               "seed": config.seed, "split": split, "tasks": len(pool),
                "train_s": round(seconds, 1), "nil": round(100 * nil.mean().item(), 2)}
         rows.append(row | {f"steps_{s}": round(100 * a.mean().item(), 2) for s, a in zip(steps, accs, strict=True)})
     return rows
@@ -65,6 +80,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--inner-lr", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--iterations", type=int, default=None, help="S2 outer steps (default: the preset's)")
+    p.add_argument("--meta-batch-size", type=int, default=None, help="tasks per outer step (default: the preset's)")
+    p.add_argument("--outer-lr", type=float, default=None, help="peak Adam rate (default: the preset's)")
+    p.add_argument("--scenario", default="S2", choices=["S1", "S2"], help="the conv4 scenario to tune")
+    p.add_argument("--train-k-query", type=int, default=None,
+                   help="query images per class of the training tasks only (default: the preset's k_query)")
     p.add_argument("--bf16-body", choices=["on", "off"], nargs="+", default=["on"],
                    help="bfloat16 autocast of the body; 'on off' runs an A/B of its accuracy effect")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -75,8 +95,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     grid = [(seed, lr, bf16) for seed in args.seeds for lr in args.inner_lr for bf16 in args.bf16_body]
     for seed, inner_lr, bf16 in grid:
         config = resolve_config("quick", torch.device("cpu"), inner_lr=inner_lr, seed=seed,
-                                s2_iterations=args.iterations, bf16_body=bf16 == "on")
-        rows += tune_run(config, splits, STEPS)
+                                s1_iterations=args.iterations, s2_iterations=args.iterations,
+                                meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr, bf16_body=bf16 == "on")
+        rows += tune_run(config, splits, STEPS, args.scenario, args.train_k_query)
         print(pd.DataFrame(rows[-2:]).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
     save_table(table, args.results_dir, "tune_quick")

@@ -14,8 +14,9 @@ What each row compares, so that no row ranks something else than it says:
 
 * **Training tasks.** The pool size, the tasks *seen* (iterations × meta-batch size, repeats counted) and the
   distinct tasks seen (at most the pool). The params/task ratio divides by the distinct tasks seen.
-* **Loss.** Initial and final losses are means over the first and last :data:`LOSS_WINDOW` of iterations: a
-  single meta-batch's loss is too noisy to quote.
+* **Loss.** Initial and final losses are means over the first and last :data:`LOSS_WINDOW` of iterations, and
+  over at least :data:`MIN_LOSS_ITERATIONS` (half of a shorter run): a single meta-batch's loss is too noisy to
+  quote.
 * **Train-test gap.** Training accuracy is measured after ``inner_steps`` inner steps; the gap subtracts the test
   accuracy after the same number of steps (``EvalResult.acc_at_train_steps``), not after ``test_inner_steps``.
 * **Memory.** On CUDA each scenario's peak allocation is its own (the counter is reset when training starts). On
@@ -40,6 +41,9 @@ from utils.networks import RESNET_FROZEN_TOTAL_NOTE
 OVERFIT_GAP = 0.10
 TRAIN_ACC_WINDOW = 0.10  # share of the last iterations whose training accuracy is averaged
 LOSS_WINDOW = 0.05  # share of the first/last iterations whose loss is averaged for "initial"/"final"
+MIN_LOSS_ITERATIONS = 5  # ...but never fewer iterations than this (or half a shorter run): one loss is noise
+INITIAL_LOSS = f"Loss: initial (mean of first {LOSS_WINDOW:.0%}, ≥ {MIN_LOSS_ITERATIONS} it.)"
+FINAL_LOSS = f"Loss: final (mean of last {LOSS_WINDOW:.0%}, ≥ {MIN_LOSS_ITERATIONS} it.)"
 OVERFIT_RULE = (
     f"Meta-overfitting is flagged when the training query accuracy (mean over the last "
     f"{TRAIN_ACC_WINDOW:.0%} of iterations, after the training's inner steps) exceeds the test accuracy after "
@@ -125,8 +129,14 @@ def training_accuracy(train: TrainResult, end: Literal["first", "last"] = "last"
     return sum(values) / window if train.accs else float("nan")
 
 
+def loss_window_size(iterations: int, window: float = LOSS_WINDOW) -> int:
+    """Iterations averaged for an initial or final loss: ``window`` of them, at least :data:`MIN_LOSS_ITERATIONS`
+    (half of a run shorter than twice that, so the two ends never overlap), at least one."""
+    return max(1, round(iterations * window), min(MIN_LOSS_ITERATIONS, iterations // 2))
+
+
 def smoothed_loss(losses: Sequence[float], end: Literal["first", "last"], window: float = LOSS_WINDOW) -> float:
-    """Mean loss over the first or last ``window`` share of iterations (at least one iteration).
+    """Mean loss over the first or last :func:`loss_window_size` iterations.
 
     Args:
         losses: per-iteration training losses.
@@ -135,7 +145,7 @@ def smoothed_loss(losses: Sequence[float], end: Literal["first", "last"], window
     """
     if not losses:
         return float("nan")
-    count = max(1, round(len(losses) * window))
+    count = loss_window_size(len(losses), window)
     values = losses[:count] if end == "first" else losses[-count:]
     return sum(values) / count
 
@@ -190,8 +200,8 @@ BASE_ROWS: dict[str, tuple[Getter, str]] = {
         ",.1f",
     ),
     "Iterations": (lambda r: r.train.iterations_done, ",d"),
-    f"Loss: initial (mean of first {LOSS_WINDOW:.0%})": (lambda r: smoothed_loss(r.train.losses, "first"), ".3f"),
-    f"Loss: final (mean of last {LOSS_WINDOW:.0%})": (lambda r: smoothed_loss(r.train.losses, "last"), ".3f"),
+    INITIAL_LOSS: (lambda r: smoothed_loss(r.train.losses, "first"), ".3f"),
+    FINAL_LOSS: (lambda r: smoothed_loss(r.train.losses, "last"), ".3f"),
     "Loss: best (minimum)": (lambda r: min(r.train.losses), ".3f"),
     "Loss: maximum": (lambda r: max(r.train.losses), ".3f"),
     "Training accuracy (first 10% of iterations)": (lambda r: training_accuracy(r.train, "first"), ".3f"),
@@ -239,7 +249,7 @@ def _relative_rows(table: pd.DataFrame, scenarios: Mapping[str, ScenarioRecord],
     speed = table.loc["Iterations/s"].astype(float)
     memory = pd.Series({name: comparable_memory(r) for name, r in scenarios.items()}, dtype=float)
     test_acc = table.loc["Accuracy after adaptation"].astype(float)
-    final_loss = table.loc[f"Loss: final (mean of last {LOSS_WINDOW:.0%})"].astype(float)
+    final_loss = table.loc[FINAL_LOSS].astype(float)
     gap = pd.Series({name: train_test_gap(r) for name, r in scenarios.items()}, dtype=float)
     loss_rank = _rank(final_loss, lowest_first=True)
     best_but_worse = (loss_rank == 1) & (test_acc < test_acc.median())

@@ -26,7 +26,7 @@ from torch import nn
 from algorithms.anil import ANIL
 from algorithms.maml import MAML, MAMLLayout
 from evaluation.compare import ScenarioRecord
-from evaluation.evaluate import EvalResult, adaptation_curve, evaluate
+from evaluation.evaluate import EvalResult, evaluate, evaluate_with_curve
 from evaluation.pretrain import pretrain_body, spread_characters
 from evaluation.results import load_cached, result_key, result_path, save_result
 from evaluation.training import train
@@ -57,6 +57,7 @@ class ScenarioSpec:
     algorithm: Literal["anil", "maml"] = "anil"
     allow_bf16: bool = True  # False where a float32 timing comparison must stay fair (against MAML)
     freeze_batchnorm: bool = False  # with freeze_body: freeze BatchNorm's affine parameters too (an ablation)
+    analysis: bool = False  # an ablation or comparison, evaluated on the tasks of Config.analysis_pool
 
 
 SCENARIOS: dict[str, ScenarioSpec] = {
@@ -70,18 +71,19 @@ SCENARIOS: dict[str, ScenarioSpec] = {
 }
 MAML_SPEC = ScenarioSpec("MAML", "conv4 MAML, second order", "conv4", first_order=False, freeze_body=False,
                          iterations_field="maml_iterations", test_steps_field="maml_test_inner_steps",
-                         algorithm="maml")
+                         algorithm="maml", analysis=True)
 ABLATIONS: dict[str, ScenarioSpec] = {
     "S4 (BatchNorm frozen)": ScenarioSpec("S4 (BatchNorm frozen)", "ResNet18, whole body frozen", "resnet18",
                                          first_order=True, freeze_body=True, freeze_batchnorm=True,
-                                         iterations_field="resnet_iterations"),
+                                         iterations_field="resnet_iterations", analysis=True),
     # S1 against S2 at an equal number of iterations, on the test tasks (S2's own run usually trains longer).
     "S2 (S1's iterations)": ScenarioSpec("S2 (S1's iterations)", "conv4, first order, S1's budget", "conv4",
-                                        first_order=True, freeze_body=False, iterations_field="s1_iterations"),
+                                        first_order=True, freeze_body=False, iterations_field="s1_iterations",
+                                        analysis=True),
 }
 ANIL_AT_MAML_BUDGET = ScenarioSpec("ANIL (MAML budget)", "conv4 ANIL, second order", "conv4",
                                    first_order=False, freeze_body=False, iterations_field="maml_iterations",
-                                   test_steps_field="maml_test_inner_steps", allow_bf16=False)
+                                   test_steps_field="maml_test_inner_steps", allow_bf16=False, analysis=True)
 
 
 @dataclass(frozen=True)
@@ -270,21 +272,36 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
                     generator=torch.Generator().manual_seed(config.seed), device=device, scenario=spec.name,
                     val_pool=pools.val, val_every=config.val_every, progress=progress,
                     lr_schedule=config.outer_lr_schedule)
+    pool = analysis_tasks(pools, config) if spec.analysis else pools.test
+    if spec.algorithm == "anil":
+        test, curve = evaluate_with_curve(learner, pool, config.curve_steps, device=device, steps=test_steps,
+                                          nil=True, progress=progress)
+    else:  # MAML's per-task inner loop makes a 0..k-step curve over every test task too slow to be worth it.
+        test, curve = evaluate(learner, pool, device=device, steps=test_steps, progress=progress), None
+    seed_tasks = test if pool is pools.test_seed else evaluate(learner, pools.test_seed, device=device,
+                                                               steps=test_steps, progress=progress)
     record = ScenarioRecord(
         name=spec.name, description=spec.description, architecture=spec.architecture, pretrained_source=source,
         params=parameter_table(body, head), train=history, train_tasks=len(pools.train),
-        meta_batch_size=config.meta_batch_size,
-        test=evaluate(learner, pools.test, device=device, steps=test_steps,
-                      nil=spec.algorithm == "anil", progress=progress),
-        test_seed=evaluate(learner, pools.test_seed, device=device, steps=test_steps,
-                           progress=progress),
-        # MAML's per-task inner loop makes a 0..k-step curve over every test task too slow to be worth it.
-        adaptation_curve=adaptation_curve(learner, pools.test, config.curve_steps, device=device,
-                                          progress=progress) if spec.algorithm == "anil" else None,
+        meta_batch_size=config.meta_batch_size, test=test, test_seed=seed_tasks, adaptation_curve=curve,
     )
     save_result(results_dir, record, config, spec=spec.__dict__, iterations=iterations, source=source)
     atomic_torch_save({"body": body.state_dict(), "head": head.state_dict()}, weights)
     return record
+
+
+def analysis_tasks(pools: TaskPools, config: Config) -> TaskPool:
+    """The tasks of the analyses (ablations, ANIL vs MAML, freezing, CKA): ``pools.test``, or the seed's 100
+    ``pools.test_seed`` to fit a CPU budget (``config.analysis_pool``)."""
+    return getattr(pools, config.analysis_pool)
+
+
+def on_analysis_tasks(record: ScenarioRecord, config: Config) -> EvalResult:
+    """``record``'s evaluation on the analyses' tasks (:func:`analysis_tasks`), to pair an analysis with it."""
+    result = record.test_seed if config.analysis_pool == "test_seed" else record.test
+    if result is None:
+        raise ValueError(f"{record.name} has no evaluation on the {config.analysis_pool!r} tasks; re-run it.")
+    return result
 
 
 def _key(spec: ScenarioSpec, config: Config, source: str) -> str:

@@ -27,8 +27,10 @@ def test_tuning_script_trains_and_reports_validation_and_test_rows(omniglot_root
     from benchmarks.tune_quick import main as tune
 
     table = tune(["--data-root", str(omniglot_root), "--cache-dir", str(cache_dir), "--inner-lr", "0.1",
-                  "--iterations", "2", "--results-dir", str(tmp_path)])
+                  "--iterations", "2", "--meta-batch-size", "3", "--train-k-query", "2", "--outer-lr", "0.005",
+                  "--results-dir", str(tmp_path)])
     assert list(table.split) == ["validation", "test"] and (table.inner_lr == 0.1).all()
+    assert (table.meta_batch_size == 3).all() and (table.train_k_query == 2).all() and (table.outer_lr == 0.005).all()
     accuracies = table[[f"steps_{s}" for s in STEPS]].to_numpy()
     assert ((accuracies >= 0) & (accuracies <= 100)).all()
     # Before adaptation the head is shared by all (randomly permuted) classes: about chance on 5-way tasks.

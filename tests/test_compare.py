@@ -22,6 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from evaluation.compare import (
+    FINAL_LOSS,
+    INITIAL_LOSS,
     OVERFIT_RULE,
     REQUIRED_ROWS,
     ScenarioRecord,
@@ -29,6 +31,7 @@ from evaluation.compare import (
     distinct_tasks_seen,
     equal_budget_points,
     format_table,
+    loss_window_size,
     smoothed_loss,
     tasks_seen,
     training_accuracy,
@@ -106,7 +109,7 @@ def test_table_values_follow_from_the_records(records):
         assert column["Params/task ratio (trainable / distinct tasks seen)"] == pytest.approx(
             record.params["trainable"] / 6
         )
-        assert column["Loss: initial (mean of first 5%)"] == record.train.losses[0]  # 5% of 3: one iteration
+        assert column[INITIAL_LOSS] == record.train.losses[0]  # 3 iterations: one, so the two ends never overlap
         assert column["Inner steps: training"] == 2 and column["Inner steps: test"] == 2
         assert column["Loss: best (minimum)"] == min(record.train.losses)
         assert column["Loss: maximum"] == max(record.train.losses)
@@ -237,16 +240,34 @@ def test_run_scenario_evaluates_each_side_at_its_own_test_steps(background28, ev
 
     Also checks the cache round trip: a second call with ``reuse=True`` returns the stored record unchanged.
     """
-    from evaluation.scenarios import ANIL_AT_MAML_BUDGET, MAML_SPEC, SCENARIOS, make_pools, run_scenario
+    from evaluation.scenarios import (
+        ANIL_AT_MAML_BUDGET,
+        MAML_SPEC,
+        SCENARIOS,
+        analysis_tasks,
+        make_pools,
+        on_analysis_tasks,
+        run_scenario,
+    )
 
     config = PRESETS["smoke"].replace(s2_iterations=1, maml_iterations=1, test_inner_steps=3,
                                       maml_test_inner_steps=1, test_tasks=4, seed_test_tasks=2, curve_steps=2)
+    assert config.analysis_pool == "test_seed"  # smoke, like quick, runs its analyses on the seed's tasks
     pools = make_pools(background28, evaluation28, config)
+    assert analysis_tasks(pools, config) is pools.test_seed
+    assert analysis_tasks(pools, config.replace(analysis_pool="test")) is pools.test
+    with pytest.raises(ValueError, match="analysis_pool must be one of"):
+        config.replace(analysis_pool="val")
     steps, records = {}, {}
     for spec in (SCENARIOS["S2"], ANIL_AT_MAML_BUDGET, MAML_SPEC):
         records[spec.name] = record = run_scenario(spec, config, pools, "cpu", results_dir=tmp_path, progress=False)
         steps[spec.name] = (record.test.steps, record.test_seed.steps)
-        assert record.test.num_tasks == 4 and record.test_seed.num_tasks == 2
+        # The MAML comparison is an analysis: evaluated once, on the seed's 2 tasks; S2 on all 4 and on those 2.
+        assert record.test.num_tasks == (2 if spec.analysis else 4) and record.test_seed.num_tasks == 2
+        assert (record.test is record.test_seed) == spec.analysis
+    # Paired with S2 on the same tasks: S2's evaluation on the analysis tasks is its seed-task evaluation.
+    assert on_analysis_tasks(records["S2"], config) is records["S2"].test_seed
+    assert on_analysis_tasks(records["S2"], config.replace(analysis_pool="test")) is records["S2"].test
     assert steps == {"S2": (3, 3), ANIL_AT_MAML_BUDGET.name: (1, 1), MAML_SPEC.name: (1, 1)}
     assert len(records["S2"].adaptation_curve) == config.curve_steps + 1
     assert records[MAML_SPEC.name].adaptation_curve is None
@@ -302,7 +323,11 @@ def test_initial_and_final_losses_are_means_of_the_first_and_last_five_percent()
     assert smoothed_loss(losses, "last") == pytest.approx(1.8)
     assert smoothed_loss([2.0, 4.0], "last") == 4.0  # at least one iteration
     record = fake_record("S", fake_train(losses, [0.5] * 100), fake_eval([0.2], [0.8]))
-    assert comparison_table({"S": record}).loc["Loss: final (mean of last 5%)", "S"] == pytest.approx(1.8)
+    assert comparison_table({"S": record}).loc[FINAL_LOSS, "S"] == pytest.approx(1.8)
+    # A short run (the quick preset's 10 ResNet iterations): 5% would be one noisy iteration, so 5 are averaged.
+    short = [4.0, 3.0, 3.0, 3.0, 2.0, 9.0, 1.0, 1.0, 1.0, 3.0]
+    assert (loss_window_size(10), loss_window_size(4), loss_window_size(1)) == (5, 2, 1)
+    assert smoothed_loss(short, "first") == pytest.approx(3.0) and smoothed_loss(short, "last") == pytest.approx(3.0)
 
 
 def test_gap_is_not_measured_without_the_accuracy_at_the_training_steps():

@@ -22,6 +22,7 @@ from evaluation.evaluate import (
     confidence_interval,
     curve_frame,
     evaluate,
+    evaluate_with_curve,
 )
 
 
@@ -103,6 +104,26 @@ def test_adaptation_curve_matches_adapt_with_each_step_count(pool):
     }
     with pytest.raises(ValueError, match="max_steps"):
         adaptation_curve(learner, pool, -1, device="cpu")
+
+
+def test_evaluate_with_curve_equals_separate_evaluate_and_curve(pool):
+    """One pass gives what the two separate calls give (the reference: each task adapted on its own)."""
+    learner = make_anil(inner_steps=2)
+    result, curve = evaluate_with_curve(learner, pool, 4, batch_size=5, device="cpu", steps=3, nil=True,
+                                        progress=False)
+    alone = evaluate(learner, pool, batch_size=5, device="cpu", steps=3, nil=True, progress=False)
+    for field, value in alone.to_dict().items():
+        if field != "eval_time_s":
+            assert getattr(result, field) == (value if value is None else pytest.approx(value)), field
+    assert result.per_task_after == pytest.approx(reference_accuracies(learner, pool, 3), abs=1e-6)
+    assert result.acc_at_train_steps == pytest.approx(statistics.mean(reference_accuracies(learner, pool, 2)))
+    assert len(curve) == 5
+    for steps in (0, 1, 4):
+        assert curve[steps] == pytest.approx(statistics.mean(reference_accuracies(learner, pool, steps)))
+    with pytest.raises(ValueError, match="curve_steps"):
+        evaluate_with_curve(learner, pool, -1, device="cpu")
+    with pytest.raises(ValueError, match="ANIL learner"):
+        evaluate_with_curve(MAML(*conv4()), pool, 2, device="cpu")
 
 
 def test_maml_uses_the_generic_adapt_predict_path(evaluation28):

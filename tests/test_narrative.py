@@ -111,3 +111,35 @@ def test_curve_summary_no_longer_ranks_by_the_one_step_share():
     r.adaptation_curve = [0.2, 0.21, 0.9]
     text = narrative.curve_summary({"S1": r})
     assert "of the total gain" not in text and "initialisation" in text and "NIL" in text
+
+
+def _freezing(head_diff: float, head_ci: float, nil_acc: float = 0.70):
+    import pandas as pd
+
+    head_acc = 0.80 + head_diff
+    return pd.DataFrame(
+        {"accuracy": [0.80, head_acc, nil_acc], "ci": [0.02, 0.02, 0.02],
+         "diff_vs_all layers": [0.0, head_diff, nil_acc - 0.80], "diff_ci": [0.0, head_ci, 0.02],
+         "distinguishable": [False, abs(head_diff) > head_ci, abs(nil_acc - 0.80) > 0.02]},
+        index=["all layers", "head only", "none (NIL)"])
+
+
+def _cka(values):
+    import pandas as pd
+
+    return pd.DataFrame({"cka": values}, index=["body.block1", "body.block2", "body.block3", "body.block4", "head"])
+
+
+def test_feature_reuse_summary_reads_freezing_and_cka_together():
+    both = narrative.feature_reuse_summary(_freezing(-0.005, 0.01), _cka([1.0, 0.999, 0.99, 0.95, 0.45]), 400)
+    assert "Both tests agree with the paper" in both
+    assert "-0.5 ± 1.0 points against all layers: not distinguishable" in both
+    assert "body.block4 0.950; head 0.450" in both and "400 iterations" in both
+    disagree = narrative.feature_reuse_summary(_freezing(-0.30, 0.03), _cka([1.0, 1.0, 0.99, 0.93, 0.6]), 10)
+    assert "The two tests disagree here" in disagree and "loses 30.0 points" in disagree
+    assert "worse than no adaptation at all (NIL)" in disagree  # head only 50% < NIL 70%
+    neither = narrative.feature_reuse_summary(_freezing(-0.30, 0.03, nil_acc=0.4),
+                                              _cka([1.0, 1.0, 0.992, 0.873, 0.668]), 10)
+    assert "Neither test shows complete feature reuse" in neither and "3 of its 4 body layers" in neither
+    assert "body.block4 moves (CKA 0.873)" in neither and "a clear drop" in neither
+    assert "worse than no adaptation" not in neither

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from evaluation.narrative import pct
-from utils.notebook_tools import NOTEBOOK, execute, strip_volatile
+from utils.notebook_tools import NOTEBOOK, cell_seconds, execute, slowest_cells, strip_volatile
 
 REPO = NOTEBOOK.parent
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
@@ -125,6 +125,10 @@ def test_notebook_runs_as_committed(tmp_path, omniglot_root, cache_dir):
     assert [c.source for c in notebook.cells] == [c.source for c in committed.cells]  # nothing injected
     counts = [c.execution_count for c in notebook.cells if c.cell_type == "code"]
     assert counts == list(range(1, len(counts) + 1))
+    # make notebook reports the slowest cells from nbclient's timings: one non-negative time per code cell.
+    seconds = cell_seconds(notebook)
+    assert len(seconds) == len(counts) and min(seconds.values()) >= 0
+    assert slowest_cells(notebook, count=3).count("\n") == 3
     assert notebook_problems(notebook) == []  # no error, and no path of this machine in any output
     text = "\n".join(t for c in notebook.cells if c.cell_type == "code" for t in _output_texts(c))
     assert "Notebook wall time" in text and "preset 'smoke'" in text

@@ -13,8 +13,10 @@ Presets (outer iterations per scenario S1 / S2 / S3-S4 / MAML in brackets):
   from held-out background characters are scored every 25 iterations (read-only: training is unchanged).
 * ``"gpu"``: the seed's hyperparameters with 8x its training (1,000 / 1,000 / 1,000 / 400) at 105x105, for the
   best accuracy in about 12 minutes on one modern GPU; the task order is a fresh permutation every 2,000 tasks.
-* ``"quick"``: tuned for a laptop or a 2-core CPU (400 / 1,200 / 60 / 30): 28x28 images, tuned inner rate and a
-  cosine outer schedule; the whole notebook in under 10 minutes.
+* ``"quick"``: tuned for a laptop or a 2-core CPU (100 / 1,400 / 10 / 10, meta-batches of 8): 28x28 images,
+  inner rate, outer rate and meta-batch chosen on validation tasks (``benchmarks/tune_quick.py``), a cosine outer
+  schedule; the analyses (ablations, ANIL vs MAML, freezing, CKA) on the seed's 100 test tasks; the whole notebook
+  in about 10 minutes on a 2-core CPU.
 * ``"paper"``: the MAML/ANIL paper protocol for a GPU: 28x28, rotation augmentation, 20-way 1-shot.
 * ``"smoke"``: tiny counts, for CI: every cell runs, nothing is meaningful.
 * ``"auto"``: ``"seed"`` on CUDA, so a GPU user first sees the seed's experiment reproduced; ``"quick"`` elsewhere.
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 
 LR_SCHEDULES = ("constant", "cosine")  # outer learning-rate schedules (evaluation.training)
+ANALYSIS_POOLS = ("test", "test_seed")  # task pools (evaluation.scenarios.TaskPools) the analyses may use
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class Config:
     # the whole body at every step, so its evaluation cost grows with this (ANIL's barely does).
     curve_steps: int  # largest inner-step count of the adaptation curve.
     seed: int  # seeds every torch/numpy Generator; same seed, same history on CPU.
+    analysis_pool: str = "test"  # tasks of the analyses (ablations, ANIL vs MAML, MAML's freezing and CKA): "test"
+    # (the test_tasks) or "test_seed" (the seed's 100: cheaper, so quick uses them to fit its time budget).
     split: str = "official"  # "official": background alphabets train (minus val_fraction), evaluation tests;
     # "vinyals": the MAML/ANIL papers' 1,028/172/423 characters of both folders, each x4 rotations (utils.splits).
 
@@ -153,30 +158,31 @@ PRESETS: dict[str, Config] = {
         k_shot=1,
         k_query=5,
         train_tasks=24000,
-        meta_batch_size=16,
-        s1_iterations=400,
-        s2_iterations=1200,
-        resnet_iterations=60,
+        meta_batch_size=8,
+        s1_iterations=100,
+        s2_iterations=1400,
+        resnet_iterations=10,
         inner_lr=0.1,
-        outer_lr=0.003,
+        outer_lr=0.006,
         outer_lr_schedule="cosine",
         inner_steps=5,
         test_inner_steps=50,
         bf16_body=True,
         test_tasks=600,
         seed_test_tasks=100,
-        val_tasks=200,
+        val_tasks=100,
         val_fraction=0.1,
-        val_every=200,  # S1 (400 it.) and S2 meet at 200 and 400 iterations: the equal-budget comparison
+        val_every=100,  # S1 (100 it.) and S2 meet at 100 iterations: the equal-budget comparison
         rotations=False,
         pretrain_epochs=6,
-        pretrain_characters=100,
+        pretrain_characters=80,
         pretrain_lr=0.004,
         pretrain_batch_size=128,
-        maml_iterations=30,
-        maml_test_inner_steps=10,
+        maml_iterations=10,
+        maml_test_inner_steps=5,
         curve_steps=50,
         seed=0,
+        analysis_pool="test_seed",
     ),
     "paper": Config(
         preset="paper",
@@ -242,6 +248,7 @@ PRESETS: dict[str, Config] = {
         maml_test_inner_steps=2,
         curve_steps=3,
         seed=0,
+        analysis_pool="test_seed",
     ),
 }
 
@@ -285,6 +292,8 @@ def validate_config(config: Config) -> Config:
         )
     if config.outer_lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"outer_lr_schedule must be one of {LR_SCHEDULES}, got {config.outer_lr_schedule!r}.")
+    if config.analysis_pool not in ANALYSIS_POOLS:
+        raise ValueError(f"analysis_pool must be one of {ANALYSIS_POOLS}, got {config.analysis_pool!r}.")
     if not 0 < config.val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {config.val_fraction!r}.")
     return config

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -75,6 +76,27 @@ def execute(source: Path, env: Mapping[str, str], cwd: Path | None = None,
     return notebook
 
 
+def cell_seconds(notebook: nbformat.NotebookNode) -> dict[int, float]:
+    """Seconds each executed code cell took, from nbclient's timing metadata, by cell index (call before
+    :func:`strip_volatile`, which removes that metadata)."""
+    seconds = {}
+    for index, cell in enumerate(notebook.cells):
+        timing = cell.metadata.get("execution", {})
+        start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+        if cell.cell_type == "code" and start and end:
+            seconds[index] = (datetime.fromisoformat(end.replace("Z", "+00:00"))
+                              - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+    return seconds
+
+
+def slowest_cells(notebook: nbformat.NotebookNode, count: int = 12) -> str:
+    """A few lines naming the ``count`` slowest code cells (seconds, index, first source line)."""
+    seconds = cell_seconds(notebook)
+    lines = [f"{seconds[i]:7.1f} s  cell {i:>3}  {notebook.cells[i].source.splitlines()[0][:70]}"
+             for i in sorted(seconds, key=seconds.get, reverse=True)[:count]]
+    return "\n".join([f"Slowest cells ({sum(seconds.values()):.0f} s in all cells):", *lines])
+
+
 def strip_volatile(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Remove run-specific metadata (timings, papermill bookkeeping); keep outputs and execution counts."""
     notebook.metadata.pop("papermill", None)
@@ -89,6 +111,7 @@ def run_and_commit(preset: str, data_root: str, notebook: Path = NOTEBOOK) -> fl
     started = time.perf_counter()
     env = {ENV["preset"]: preset, ENV["data_root"]: data_root, ENV["reuse_results"]: "0", ENV["headless"]: "1"}
     executed = execute(notebook, env, cwd=notebook.parent)
+    print(slowest_cells(executed), flush=True)
     atomic_write_text(notebook, nbformat.writes(strip_volatile(executed)))
     return time.perf_counter() - started
 
