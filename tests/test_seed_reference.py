@@ -89,7 +89,8 @@ def test_caption_says_when_the_protocol_is_not_the_seeds(records):
     quick = resolve_config("quick", torch.device("cpu"))
     table = seed_vs_run_table(records, quick, "cpu (2 threads)")
     assert "NOT the seed's protocol" in table.attrs["caption"] and "image_size 28 (seed: 105)" in table.attrs["caption"]
-    assert "s1_iterations 400 (seed: 125)" in protocol_differences(quick)
+    assert f"s1_iterations {quick.s1_iterations} (seed: 125)" in protocol_differences(quick)
+    assert "meta_batch_size 8 (seed: 16)" in protocol_differences(quick)
     assert protocol_differences(PRESETS["seed"]) == []
     assert "Same training protocol" in seed_vs_run_table({"S1": records["S1"]}, PRESETS["seed"], "x").attrs["caption"]
 
