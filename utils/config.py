@@ -16,7 +16,7 @@ Presets (outer iterations per scenario S1 / S2 / S3-S4 / MAML in brackets):
 * ``"quick"``: tuned for a laptop or a 2-core CPU (100 / 1,400 / 10 / 10, meta-batches of 8): 28x28 images,
   inner rate, outer rate and meta-batch chosen on validation tasks (``benchmarks/tune_quick.py``), a cosine outer
   schedule; the analyses (ablations, ANIL vs MAML, freezing, CKA) on the seed's 100 test tasks; the whole notebook
-  in about 10 minutes on a 2-core CPU.
+  in 550 s, cold, on a 2-core AVX2-only CPU (S2 alone about 280 s of it).
 * ``"paper"``: the MAML/ANIL paper protocol for a GPU: 28x28, rotation augmentation, 20-way 1-shot.
 * ``"smoke"``: tiny counts, for CI: every cell runs, nothing is meaningful.
 * ``"auto"``: ``"seed"`` on CUDA, so a GPU user first sees the seed's experiment reproduced; ``"quick"`` elsewhere.
