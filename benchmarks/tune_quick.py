@@ -30,7 +30,6 @@ from evaluation.scenarios import SCENARIOS, build_network, make_learner, make_po
 from evaluation.training import train
 from utils.config import PRESETS, Config, resolve_config
 from utils.data import OmniglotSplit, load_omniglot
-from utils.tasks import make_task_pool
 
 STEPS = (0, 5, 10, 20, 40, 50, 80, 160)
 
@@ -49,10 +48,8 @@ def tune_run(config: Config, splits: list[OmniglotSplit], steps: tuple[int, ...]
     """
     device = torch.device("cpu")
     pools = make_pools(*splits, config)
-    if train_k_query is not None and train_k_query != config.k_query:
-        pools = dataclasses.replace(pools, train=make_task_pool(
-            pools.train_images, config.train_tasks, config.n_way, config.k_shot, train_k_query,
-            torch.Generator().manual_seed(config.seed * 1000 + 1), rotations=config.rotations))
+    if train_k_query is not None and train_k_query != config.k_query:  # same characters and seeds, more queries
+        pools = dataclasses.replace(pools, train=make_pools(*splits, config.replace(k_query=train_k_query)).train)
     spec = SCENARIOS[scenario]
     iterations = config.s2_iterations if scenario == "S2" else config.s1_iterations
     learner = make_learner(spec, *build_network(spec.architecture, config), config)

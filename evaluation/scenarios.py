@@ -298,7 +298,7 @@ def analysis_tasks(pools: TaskPools, config: Config) -> TaskPool:
 
 def on_analysis_tasks(record: ScenarioRecord, config: Config) -> EvalResult:
     """``record``'s evaluation on the analyses' tasks (:func:`analysis_tasks`), to pair an analysis with it."""
-    result = record.test_seed if config.analysis_pool == "test_seed" else record.test
+    result = getattr(record, config.analysis_pool)  # ScenarioRecord names its evaluations like TaskPools' pools
     if result is None:
         raise ValueError(f"{record.name} has no evaluation on the {config.analysis_pool!r} tasks; re-run it.")
     return result
