@@ -137,6 +137,10 @@ class ANIL:
             layouts (a speed option for GPUs, off until measured; ``"loop"`` on a CPU always uses it).
         compile_body: run the ``"grouped"`` body forward through :func:`torch.compile` (a speed option, off
             until measured; other layouts ignore it).
+        fused_bn: with the ``"grouped"`` layout, normalise each set through
+            :class:`algorithms.features.GroupedNorm`, whose written-out backward makes fewer passes over the
+            activations than autograd's (same numbers; ``False`` is the autograd reference). A compiled body
+            uses the autograd formula, which the compiler fuses itself.
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class ANIL:
         channels_last: bool = False,
         compile_body: bool = False,
         freeze_batchnorm: bool = False,
+        fused_bn: bool = True,
     ) -> None:
         if not isinstance(head, nn.Linear):
             raise ValueError(f"head must be an nn.Linear, got {type(head).__name__}.")
@@ -175,7 +180,7 @@ class ANIL:
         self._layout_request, self.layout, self.task_chunk, self._resolved = layout, layout, task_chunk, False
         if task_chunk is not None and (not isinstance(task_chunk, int) or task_chunk < 1):
             raise ValueError(f"task_chunk must be a positive integer or None, got {task_chunk!r}.")
-        self.channels_last, self.compile_body = bool(channels_last), bool(compile_body)
+        self.channels_last, self.compile_body, self.fused_bn = bool(channels_last), bool(compile_body), bool(fused_bn)
         self._compiled: nn.Module | None = None
         self._validated: set[tuple] = set()  # meta-batch signatures whose labels were checked
         self._graph: GraphedStep | None = None
@@ -242,7 +247,7 @@ class ANIL:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
                             cache_enabled=self._graph is None):
             feats = set_features(self.body, x, self.layout, bn, update_running_stats=training, dropout=dropout,
-                                 forward=self._compiled)
+                                 forward=self._compiled, fused_bn=self.fused_bn and self._compiled is None)
         feats = feats.to(self.head.weight.dtype)
         if feats.shape[-1] != self.head.in_features:
             raise ValueError(

@@ -13,7 +13,9 @@ once, in one of three memory layouts that give identical outputs and gradients:
   rule moves the set dimension into the channels, which costs a copy of every activation on the way in and out.
 * ``"grouped"``: one plain forward over all images, with each BatchNorm layer computing its statistics per set
   (:func:`grouped_batch_norm`, a reshape instead of a copy). No ``vmap`` and no per-set loop; on a CPU it behaves
-  like one large batch, so it is meant for accelerators.
+  like one large batch, so it is meant for accelerators. ANIL runs it with :class:`GroupedNorm`, a per-set
+  BatchNorm whose backward is written out (fewer passes over the activations, first derivatives only); MAML,
+  which differentiates the body twice, keeps autograd's formula.
 
 BatchNorm policy, in one place:
 
@@ -34,6 +36,7 @@ from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.func import functional_call, vmap
 
 Layout = Literal["auto", "loop", "vmap", "grouped"]
@@ -127,7 +130,7 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def grouped_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: Tensor, sets: int) -> Tensor:
+def grouped_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: Tensor, sets: int, fused: bool = False) -> Tensor:
     """Training-mode BatchNorm of ``x`` with separate statistics for each of ``sets`` consecutive groups.
 
     Equal to running ``module`` in train mode on each group alone: biased variance for normalising, unbiased for
@@ -137,18 +140,68 @@ def grouped_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: Tensor, sets:
         module: a BatchNorm layer (its ``eps``, ``momentum``, affine parameters and running buffers are used).
         x: ``(sets * n, C, ...)``, the images of set ``i`` at rows ``i * n`` to ``(i + 1) * n - 1``.
         sets: number of groups.
+        fused: normalise with :class:`GroupedNorm`, whose hand-written backward makes fewer passes over ``x``
+            (first-order only: it refuses a second derivative). ``False`` composes autograd operations, which
+            can be differentiated twice and vmapped (MAML needs both).
     """
     groups = x.reshape(sets, x.shape[0] // sets, x.shape[1], -1)
     # Statistics in at least float32, as nn.BatchNorm computes them under autocast.
     stats_input = groups if groups.dtype in (torch.float32, torch.float64) else groups.float()
-    var, mean = torch.var_mean(stats_input, dim=(1, 3), correction=0, keepdim=True)  # (sets, 1, C, 1)
-    scale = torch.rsqrt(var + module.eps)
-    if module.weight is not None:
-        scale = scale * module.weight.view(1, 1, -1, 1)
-    shift = -mean * scale if module.bias is None else module.bias.view(1, 1, -1, 1) - mean * scale
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not fused):
+        var, mean = torch.var_mean(stats_input, dim=(1, 3), correction=0, keepdim=True)  # (sets, 1, C, 1)
     if module.track_running_stats and module.running_mean is not None:
         _update_running_stats(module, mean.detach(), var.detach(), groups.shape[1] * groups.shape[3])
+    rstd = torch.rsqrt(var + module.eps)
+    if fused:
+        return GroupedNorm.apply(groups, mean, rstd, module.weight, module.bias).reshape(x.shape)
+    scale, shift = _affine(mean, rstd, module.weight, module.bias)
     return (groups * scale + shift).to(x.dtype).reshape(x.shape)
+
+
+def _affine(mean: Tensor, rstd: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per-(set, channel) ``scale, shift`` with ``batch_norm(x) = x * scale + shift``, both ``(sets, 1, C, 1)``."""
+    scale = rstd if weight is None else rstd * weight.view(1, 1, -1, 1)
+    shift = -mean * scale if bias is None else bias.view(1, 1, -1, 1) - mean * scale
+    return scale, shift
+
+
+class GroupedNorm(torch.autograd.Function):
+    """Per-set normalisation ``y = (x - mean) * rstd * weight + bias`` with BatchNorm's backward written out.
+
+    ``mean`` and ``rstd`` are the statistics of ``x`` itself (computed without a graph); the backward accounts
+    for their dependence on ``x`` analytically, as a BatchNorm backward does. Counted in reads and writes of a
+    full-size tensor (``python -m benchmarks.batchnorm``), autograd's version of the same formula makes 25 passes
+    in 13 kernels per forward+backward; this one makes 13 in 7 (``var_mean`` and one ``addcmul`` forward; two
+    reductions and two ``addcmul`` backward). A memory-bound GPU step at 105x105 pays per pass (issue 14).
+    Shapes: ``groups (sets, n, C, L)``, ``mean`` and ``rstd (sets, 1, C, 1)``, ``weight`` and ``bias (C,)`` or
+    ``None``.
+    """
+
+    @staticmethod
+    def forward(ctx, groups: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None,
+                bias: Tensor | None) -> Tensor:
+        scale, shift = _affine(mean, rstd, weight, bias)
+        ctx.save_for_backward(groups, mean, rstd, scale)
+        ctx.affine = (weight is not None, bias is not None)
+        return torch.addcmul(shift, groups, scale).to(groups.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None, Tensor | None]:
+        groups, mean, rstd, scale = ctx.saved_tensors
+        count = groups.shape[1] * groups.shape[3]
+        # Sums of grad and grad * x_hat per (set, channel); x_hat = (x - mean) * rstd, expanded to avoid a pass.
+        sum_g = grad.sum((1, 3), keepdim=True, dtype=scale.dtype)
+        sum_gx = (grad * groups).sum((1, 3), keepdim=True, dtype=scale.dtype)
+        sum_g_xhat = rstd * (sum_gx - mean * sum_g)
+        # dx = scale * (grad - sum_g / count - x_hat * sum_g_xhat / count), regrouped as grad * a + x * b + c.
+        b = -scale * rstd * sum_g_xhat / count
+        c = -scale * sum_g / count - mean * b
+        grad_x = torch.addcmul(c, groups, b).addcmul_(grad, scale).to(groups.dtype)
+        has_weight, has_bias = ctx.affine
+        grad_w = sum_g_xhat.sum((0, 1, 3)) if has_weight and ctx.needs_input_grad[3] else None
+        grad_b = sum_g.sum((0, 1, 3)) if has_bias and ctx.needs_input_grad[4] else None
+        return grad_x if ctx.needs_input_grad[0] else None, None, None, grad_w, grad_b
 
 
 def _update_running_stats(module: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Tensor, count: int) -> None:
@@ -164,24 +217,26 @@ def _update_running_stats(module: nn.modules.batchnorm._BatchNorm, mean: Tensor,
 
 
 @contextmanager
-def grouped_statistics(body: nn.Module, sets: int) -> Iterator[None]:
+def grouped_statistics(body: nn.Module, sets: int, fused: bool = False) -> Iterator[None]:
     """Make every BatchNorm layer of ``body`` in training mode use :func:`grouped_batch_norm` for a while."""
     patched = [m for m in body.modules() if isinstance(m, _BN_TYPES) and m.training]
     try:
         for module in patched:
-            module.forward = lambda x, m=module: grouped_batch_norm(m, x, sets)
+            module.forward = lambda x, m=module: grouped_batch_norm(m, x, sets, fused)
         yield
     finally:
         for module in patched:
             del module.forward  # back to the class's forward
 
 
-def _grouped_features(body: nn.Module, x: Tensor, forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def _grouped_features(body: nn.Module, x: Tensor, forward: Callable[[Tensor], Tensor] | None = None,
+                      fused: bool = False) -> Tensor:
     """All sets in one forward, BatchNorm statistics per set. Shapes as in :func:`_loop_features`.
 
-    ``forward`` replaces ``body``'s own call, e.g. a :func:`torch.compile` of it.
+    ``forward`` replaces ``body``'s own call, e.g. a :func:`torch.compile` of it; ``fused`` as in
+    :func:`grouped_batch_norm`.
     """
-    with grouped_statistics(body, x.shape[0]):
+    with grouped_statistics(body, x.shape[0], fused):
         return (forward or body)(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
@@ -193,6 +248,7 @@ def set_features(
     update_running_stats: bool = True,
     dropout: bool = False,
     forward: Callable[[Tensor], Tensor] | None = None,
+    fused_bn: bool = False,
 ) -> Tensor:
     """Body features of every image, each set normalised on its own.
 
@@ -204,13 +260,15 @@ def set_features(
         update_running_stats: update BatchNorm running averages (training only).
         dropout: whether Dropout is active.
         forward: with ``"grouped"``, called instead of ``body`` (e.g. ``torch.compile(body)``); else ignored.
+        fused_bn: with ``"grouped"``, normalise with :class:`GroupedNorm` (fewer passes; the body can then be
+            differentiated only once, which is all ANIL needs); else ignored.
 
     Returns:
         Features of shape ``(sets, n, features)``.
     """
     with body_mode(body, bn, update_running_stats, dropout):
         if layout == "grouped":
-            return _grouped_features(body, x, forward)
+            return _grouped_features(body, x, forward, fused_bn)
         has_buffers = next(body.buffers(), None) is not None
         if layout == "vmap" and has_buffers and bn == "batch" and update_running_stats:
             return _vmap_features(body, x)

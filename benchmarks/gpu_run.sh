@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# One prepared GPU run (issue 14), from the repository root, about 6 minutes (at most ~8: every step is under
-# `timeout`). Needs .gpu/omniglot-py.tar.gz (a tar of shared/data/omniglot-py) and torch with CUDA; no internet,
-# papermill or Jupyter. Writes at most 8 files to $OUT, named after the GPU, for benchmarks/measured/:
+# One prepared GPU run (issue 14), from the repository root, about 7 minutes (at most ~12: every step is under
+# `timeout`, and the optional compile step comes last). Needs .gpu/omniglot-py.tar.gz (a tar of
+# shared/data/omniglot-py) and torch with CUDA; no internet, papermill or Jupyter. Writes at most 10 files to $OUT, named after the GPU, for benchmarks/measured/:
 #   <gpu>_device.txt, <gpu>_benchmark.csv (S1/S2 at 28 and 105, CUDA graph on and off, auto and grouped layouts,
 #   a/b against the floor),
-#   <gpu>_benchmark_levers.csv (S2 105x105: grouped layout with channels_last / torch.compile, graph on),
+#   <gpu>_batchnorm.csv (one per-set BatchNorm layer at 105x105, three ways),
+#   <gpu>_benchmark_levers.csv (S1/S2 105x105, graph on: grouped layout with GroupedNorm, with autograd's BatchNorm
+#   formula, with channels_last; vmap layout), <gpu>_benchmark_compile.csv (the same with torch.compile),
 #   <gpu>_train_throughput.csv (train() it/s, S2 at 28 and 105, graph on and off),
-#   <gpu>_seed_preset_comparison.csv, <gpu>_gpu_preset_comparison.csv, <gpu>_run.log (all output).
+#   <gpu>_seed_preset_comparison.csv, <gpu>_seed_vs_run.csv, <gpu>_run.log (all output).
 set -x
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT=${OUT:-/tmp/gpu_out}
@@ -28,6 +30,19 @@ LOG="$OUT/${GPU}_run.log"
       --anil-layouts grouped --methods --repeats 15 --warmup 3 --out /tmp/work/bench
   cp /tmp/work/bench/benchmark.csv "$OUT/${GPU}_benchmark.csv"
 
+  # (3) per-set BatchNorm alone at conv4's first layer, 16 sets of 30 images: cuDNN over one batch (the floor's),
+  # GroupedNorm, autograd's formula (passes and ms)
+  timeout 60 python3 -m benchmarks.batchnorm --device cuda --sets 16 --images 30 --size 105 --repeats 20 \
+      --out /tmp/work/bn
+  cp /tmp/work/bn/batchnorm.csv "$OUT/${GPU}_batchnorm.csv"
+
+  # (3a) levers for the 105x105 gap, graph on: the grouped layout (GroupedNorm, its written-out BatchNorm backward)
+  # against the same layout with autograd's BatchNorm formula, with channels_last, and the vmap layout (auto)
+  timeout 90 python3 -m benchmarks.run --device cuda --sizes 105 --scenarios S2 S1 --cuda-graph on \
+      --anil-layouts grouped vmap --anil-levers autograd_bn channels_last --methods --repeats 15 --warmup 3 \
+      --out /tmp/work/levers
+  cp /tmp/work/levers/benchmark.csv "$OUT/${GPU}_benchmark_levers.csv"
+
   # (e) the notebook's pipeline, headless, at the seed preset (125 iterations, MAML included; issue 12)
   timeout 200 python3 -m benchmarks.seed_preset --data-root /tmp/data --cache-dir /tmp/cache --preset seed \
       --pretrained omniglot --results-dir /tmp/work/seed
@@ -43,9 +58,9 @@ LOG="$OUT/${GPU}_run.log"
   python3 -c "import pytest" && OMNIGLOT_ROOT=/tmp/data timeout 35 python3 -m pytest -q -p no:cacheprovider \
       tests/test_gpu_step.py -k "replayed or pinned or resumes"
 
-  # (3) a lever for the 105x105 gap: grouped layout with channels_last (graph on)
-  timeout 40 python3 -m benchmarks.run --device cuda --sizes 105 --scenarios S2 --cuda-graph on \
-      --anil-layouts grouped --anil-levers channels_last --methods --repeats 15 --warmup 3 --out /tmp/work/levers
-  cp /tmp/work/levers/benchmark.csv "$OUT/${GPU}_benchmark_levers.csv"
+  # (3b) torch.compile of the grouped body (slowest to start: a compile per process), last so it cannot cost the rest
+  timeout 240 python3 -m benchmarks.run --device cuda --sizes 105 --scenarios S2 S1 --cuda-graph on \
+      --anil-layouts grouped --anil-levers compile --methods --repeats 15 --warmup 3 --out /tmp/work/compile
+  cp /tmp/work/compile/benchmark.csv "$OUT/${GPU}_benchmark_compile.csv"
   ls -la "$OUT"
 } 2>&1 | tee "$LOG"

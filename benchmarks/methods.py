@@ -43,15 +43,18 @@ def anil_step(
     cuda_graph: bool = False,
     channels_last: bool = False,
     compile_body: bool = False,
+    fused_bn: bool = True,
 ) -> Step:
     """(a) Our batched ANIL meta-iteration, in the feature ``layout`` (``"auto"``: the device's default).
 
-    ``cuda_graph``, ``channels_last`` and ``compile_body`` are :class:`algorithms.anil.ANIL`'s options; a graph
-    is strict here, so a failed capture fails the measurement instead of timing eager steps under its name.
+    ``cuda_graph``, ``channels_last``, ``compile_body`` and ``fused_bn`` are :class:`algorithms.anil.ANIL`'s
+    options; a graph is strict here, so a failed capture fails the measurement instead of timing eager steps under
+    its name.
     """
     anil = ANIL(
         body, head, inner_lr=0.1, inner_steps=inner_steps, first_order=first_order, freeze_body=freeze,
         layout=layout, cuda_graph=cuda_graph, channels_last=channels_last, compile_body=compile_body,
+        fused_bn=fused_bn,
     )
     return lambda: anil.meta_train_step(tasks)
 

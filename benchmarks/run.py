@@ -6,7 +6,7 @@ scenario (S1-S4) and image size this script times, as the median of repeated run
 
 (a) ``ANIL.meta_train_step`` (and, with ``--anil-layouts``, with each feature layout forced; with ``--cuda-graph
 on off``, replayed from a CUDA graph and eager; with ``--anil-levers``, the grouped layout with channels_last or
-``torch.compile``); (b) the floor,
+``torch.compile``, or with autograd's BatchNorm formula instead of ``GroupedNorm``); (b) the floor,
 searching chunk sizes {5, 30, all} and memory formats {contiguous, channels_last} and keeping the fastest; (c) a
 plain per-task ANIL loop; (d) the seed's pseudocode, which re-runs the body at every inner step; (e) MAML, first
 and second order, in both forms: one task at a time (``maml_fo``, ``maml_so``: the ``"loop"`` layout, what the usual
@@ -52,7 +52,9 @@ SCENARIOS = {  # name: (architecture, first_order, frozen body)
 }
 TARGETS = {"S1": 1.35, "S2": 1.25, "S3": 1.35}
 FLOOR_CHUNKS = (5, 30, None)  # None: all images in one batch
-LEVERS = {"channels_last": {"channels_last": True}, "compile": {"compile_body": True}}  # options for the 105x105 gap
+# Options for the 105x105 gap, each timed on the grouped layout (whose BatchNorm is GroupedNorm unless autograd_bn).
+LEVERS = {"channels_last": {"channels_last": True}, "compile": {"compile_body": True},
+          "autograd_bn": {"fused_bn": False}}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Job:
     layout: str = "auto"  # ANIL's feature layout (algorithms.features)
     cuda_graph: bool = False  # ANIL: capture the step in a CUDA graph (strict: a failed capture fails the job)
     compile_body: bool = False  # ANIL: torch.compile the grouped body
+    fused_bn: bool = True  # ANIL: the grouped layout's BatchNorm through GroupedNorm (False: autograd's formula)
 
 
 def make_tasks(meta_batch_size: int, size: int, device: torch.device) -> TaskBatch:
@@ -100,7 +103,7 @@ def build_step(job: Job, device: torch.device) -> methods.Step:
     if job.method == "anil":
         return methods.anil_step(body, head, tasks, first_order, frozen, job.inner_steps, job.layout,
                                  cuda_graph=job.cuda_graph, channels_last=job.channels_last,
-                                 compile_body=job.compile_body)
+                                 compile_body=job.compile_body, fused_bn=job.fused_bn)
     if job.method == "floor":
         chunk = job.chunk or job.meta_batch_size * 30
         return methods.floor_step(body, head, tasks, chunk, job.channels_last)
@@ -250,7 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ANIL with its step captured in a CUDA graph ('on', CUDA only) or eager; the first mode is "
                         "anil_ms, and with several each gets a column anil_graph_<mode>_ms")
     p.add_argument("--anil-levers", nargs="*", default=[], choices=list(LEVERS),
-                   help="also time the grouped layout with channels_last or torch.compile (anil_grouped_<lever>_ms)")
+                   help="also time the grouped layout with channels_last, torch.compile or autograd's BatchNorm "
+                        "formula (anil_grouped_<lever>_ms)")
     p.add_argument("--meta-batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)

@@ -25,6 +25,7 @@ from evaluation.scenarios import (
     ANIL_AT_MAML_BUDGET,
     MAML_SPEC,
     SCENARIOS,
+    ScenarioRecord,
     load_pretrained_body,
     make_pools,
     run_scenario,
@@ -46,6 +47,14 @@ def _flat_columns(table: pd.DataFrame) -> pd.DataFrame:
 def _print(table: pd.DataFrame) -> None:
     with pd.option_context("display.max_rows", 100, "display.width", 250, "display.max_colwidth", 40):
         print(table.to_string())
+
+
+def _print_record(name: str, record: ScenarioRecord) -> None:
+    """One line per scenario: speed, memory, accuracy, and where the time went (training against evaluation)."""
+    train, test = record.train, record.test
+    print(f"{name}: {train.iterations_per_s:.2f} it/s, peak {train.peak_memory_mb:.0f} MB, accuracy "
+          f"{test.acc_after:.4f} ± {test.ci_after:.4f}; training {train.wall_time_s:.1f} s, evaluation "
+          f"{test.eval_time_s:.1f} s ({test.num_tasks} tasks, {test.steps} steps)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -72,8 +81,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         records[name] = run_scenario(
             spec, config, pools, device, results_dir=args.results_dir, progress=False, reuse=False,
             body_state=body.state_dict if resnet else None, source=body.source if resnet else "random")
-        print(f"{name}: {records[name].train.iterations_per_s:.2f} it/s, peak {records[name].train.peak_memory_mb:.0f}"
-              f" MB, accuracy {records[name].test.acc_after:.4f} ± {records[name].test.ci_after:.4f}", flush=True)
+        _print_record(name, records[name])
     if config.maml_iterations:
         for spec in (ANIL_AT_MAML_BUDGET, MAML_SPEC):
             records[spec.name] = run_scenario(spec, config, pools, device, results_dir=args.results_dir,

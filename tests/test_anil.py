@@ -251,3 +251,71 @@ def test_grouped_running_stats_with_cumulative_momentum():
     assert layer.num_batches_tracked.item() == 1
     reference = torch.cat([nn.functional.batch_norm(s, None, None, training=True) for s in sets])
     torch.testing.assert_close(out, reference)
+
+
+def _per_set_batch_norm(layer: nn.BatchNorm2d, x: torch.Tensor, sets: int) -> torch.Tensor:
+    """Reference: each set through PyTorch's own training-mode batch_norm, alone (no running statistics)."""
+    return torch.cat([F.batch_norm(s, None, None, layer.weight, layer.bias, training=True, eps=layer.eps)
+                      for s in x.chunk(sets)])
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_grouped_norm_matches_per_set_batch_norm(dtype, affine):
+    """GroupedNorm's written-out backward equals autograd through F.batch_norm run on each set alone."""
+    from algorithms.features import grouped_batch_norm
+
+    g = torch.Generator().manual_seed(0)
+    layer = nn.BatchNorm2d(3, affine=affine).to(dtype)
+    if affine:
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5, generator=g)
+            layer.bias.uniform_(-1.0, 1.0, generator=g)
+    # A mean far from zero, as conv outputs have, checks the backward's sum(g * x) - mean * sum(g) rearrangement.
+    x = torch.randn(4 * 5, 3, 6, 6, generator=g, dtype=dtype) * 2 + 5
+    grad_out = torch.randn(x.shape, generator=g, dtype=dtype)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    results = {}
+    for name in ("fused", "plain", "reference"):
+        module, inp = copy.deepcopy(layer), x.clone().requires_grad_()
+        out = _per_set_batch_norm(module, inp, 4) if name == "reference" else grouped_batch_norm(
+            module, inp, 4, fused=name == "fused")
+        out.backward(grad_out)
+        params = [p.grad for p in module.parameters()]
+        results[name] = (out.detach(), inp.grad, *params, *module.buffers())
+    compared = 2 + 2 * affine  # output, input gradient, then weight and bias gradients
+    for ours, ref in zip(results["fused"][:compared], results["reference"][:compared], strict=True):
+        torch.testing.assert_close(ours, ref, **tol)
+    for ours, plain in zip(results["fused"], results["plain"], strict=True):  # same running statistics too
+        torch.testing.assert_close(ours, plain, **tol)
+
+
+def test_fused_grouped_norm_refuses_a_second_derivative_and_handles_bfloat16():
+    from algorithms.features import grouped_batch_norm
+
+    x = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = grouped_batch_norm(nn.BatchNorm2d(2).double(), x, sets=2, fused=True)
+    (grad,) = torch.autograd.grad(out.pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
+    layer, xb = nn.BatchNorm2d(2), x.detach().float().to(torch.bfloat16).requires_grad_()
+    out_b = grouped_batch_norm(copy.deepcopy(layer), xb, sets=2, fused=True)
+    out_b.float().pow(2).sum().backward()
+    expected = _per_set_batch_norm(layer, xb.detach().float(), 2)
+    assert out_b.dtype == xb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(out_b.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_grouped_layout_with_autograd_batch_norm_matches_reference(first_order):
+    """ANIL(fused_bn=False): the grouped layout's autograd formula, the reference GroupedNorm replaces."""
+    body, head = build("conv4", torch.float64)
+    tasks = make_tasks(tasks=3, n_way=3, k_shot=2, k_query=2, size=28, dtype=torch.float64)
+    grads = []
+    for fused in (True, False):
+        anil = ANIL(copy.deepcopy(body), copy.deepcopy(head), inner_lr=0.4, inner_steps=3,
+                    first_order=first_order, layout="grouped", fused_bn=fused)
+        anil.meta_loss(tasks)[0].backward()
+        grads.append([p.grad for p in anil.trainable_parameters()])
+    for fused_grad, plain_grad in zip(*grads, strict=True):
+        torch.testing.assert_close(fused_grad, plain_grad, rtol=1e-8, atol=1e-12)

@@ -37,3 +37,15 @@ def test_tuning_script_trains_and_reports_validation_and_test_rows(omniglot_root
     assert (abs(table.steps_0 - 20) < 5).all()
     assert "steps_160" in capsys.readouterr().out
     assert (tmp_path / "tune_quick.csv").exists()
+
+
+def test_batchnorm_benchmark_counts_fewer_passes_for_grouped_norm(tmp_path):
+    """The written-out backward must touch the activations less often than autograd's formula, or it is no lever."""
+    from benchmarks.batchnorm import main as batchnorm
+
+    table = batchnorm(["--device", "cpu", "--sets", "2", "--images", "3", "--size", "8", "--repeats", "1",
+                       "--out", str(tmp_path)]).set_index("variant")
+    assert (table.ms > 0).all() and (table.kernels > 0).all()
+    assert table.passes["GroupedNorm"] < table.passes["autograd"]
+    assert table.kernels["GroupedNorm"] < table.kernels["autograd"]
+    assert (tmp_path / "batchnorm.csv").read_text().startswith("variant,kernels,passes")

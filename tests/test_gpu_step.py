@@ -186,11 +186,12 @@ def cuda_pair(**kwargs):
 
 
 @CUDA
+@pytest.mark.parametrize("layout", ["auto", "grouped"])  # grouped: GroupedNorm's written-out backward in the graph
 @pytest.mark.parametrize("first_order", [True, False])
-def test_replayed_graph_step_equals_an_eager_step(pool, monkeypatch, first_order):
+def test_replayed_graph_step_equals_an_eager_step(pool, monkeypatch, first_order, layout):
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    graphed, eager = cuda_pair(first_order=first_order)
+    graphed, eager = cuda_pair(first_order=first_order, layout=layout)
     for step in range(6):
         tasks = pool.batch([step % 8, (step + 1) % 8, (step + 2) % 8, (step + 3) % 8], "cuda")
         stats = []
@@ -244,12 +245,13 @@ def test_graphed_training_resumes_after_the_optimizer_state_is_replaced(pool, tm
 
 
 def test_speed_levers_give_the_same_meta_loss(pool, monkeypatch):
-    """channels_last and a compiled grouped body change speed only (compiled with the cheap "eager" backend)."""
+    """channels_last, a compiled grouped body and autograd's BatchNorm formula change speed only (compiled with the
+    cheap "eager" backend)."""
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, **{**kw, "backend": "eager"}))
     tasks = pool.batch([0, 1])
     expected = make_anil(layout="grouped").meta_loss(tasks)[0]
-    for lever in ({"channels_last": True}, {"compile_body": True}):
+    for lever in ({"channels_last": True}, {"compile_body": True}, {"fused_bn": False}):
         learner = make_anil(layout="grouped", **lever)
         loss = learner.meta_loss(tasks)[0]
         torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6, msg=str(lever))
