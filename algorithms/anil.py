@@ -110,7 +110,74 @@ def _check_lr(name: str, value: float) -> float:
     return float(value)
 
 
-class ANIL:
+class OuterLoop:
+    """The outer loop's machinery shared by :class:`ANIL` and :class:`algorithms.maml.MAML`.
+
+    Adam over the trainable parameters, checked meta-batches, and on CUDA a :class:`GraphedStep` that captures the
+    learner's ``_step(*tasks) -> (loss, acc)`` (see :mod:`algorithms.cuda_graph`). A subclass sets ``body``,
+    ``head``, ``device`` and ``outer_lr``, defines ``_step``, and calls :meth:`_setup_outer_loop` in its
+    ``__init__``.
+    """
+
+    body: nn.Module
+    head: nn.Linear
+    device: torch.device
+    outer_lr: float
+
+    def _setup_outer_loop(self, params: list[nn.Parameter], cuda_graph: GraphMode, name: str) -> None:
+        """Create the Adam optimizer, capturable with a GPU learning rate when the step is graphed."""
+        self._validated: set[tuple] = set()  # meta-batch signatures whose labels were checked
+        self._graph: GraphedStep | None = None
+        if resolve_graph_mode(cuda_graph, self.device):
+            # A graph reads the learning rate from GPU memory, so the schedule updates this tensor in place.
+            self._lr = torch.tensor(self.outer_lr, dtype=torch.float32, device=self.device)
+            self.optimizer = torch.optim.Adam(params, lr=self._lr, capturable=True)
+            self._graph = GraphedStep(self._step, self._graph_state, self._prepare_graph,
+                                      strict=cuda_graph is True, name=name)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=self.outer_lr)
+
+    def _step(self, *tasks: Tensor) -> Tensor:
+        """The meta-train step, free of host synchronisation: ``(loss, acc)`` as one tensor ``(2,)``."""
+        raise NotImplementedError(f"{type(self).__name__} must define _step.")
+
+    @property
+    def graph_captured(self) -> bool:
+        """Whether :meth:`meta_train_step` currently replays a CUDA graph."""
+        return self._graph is not None and self._graph.captured
+
+    def set_outer_lr(self, value: float) -> None:
+        """Set the Adam learning rate for the next steps (the training loop's schedule calls this every step).
+
+        With a CUDA graph the rate is a GPU tensor written in place, so a captured step sees the new value.
+        """
+        if self._graph is not None and self.optimizer.param_groups[0]["lr"] is not self._lr:
+            self._prepare_graph()  # e.g. after optimizer.load_state_dict brought back a float rate
+        set_outer_lr(self.optimizer, value)
+
+    def _prepare_graph(self) -> None:
+        make_capturable(self.optimizer, self._lr)
+
+    def _graph_state(self) -> list[Tensor]:
+        """Every tensor a captured step reads or updates in place (their addresses must not change)."""
+        tensors = [*self.body.parameters(), *self.head.parameters(), *self.body.buffers()]
+        for group in self.optimizer.param_groups:
+            tensors += [group["lr"]] if isinstance(group["lr"], Tensor) else []
+            for param in group["params"]:
+                tensors += [v for v in self.optimizer.state.get(param, {}).values() if isinstance(v, Tensor)]
+        return tensors
+
+    def _validate(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> None:
+        """:func:`validate_tasks`, once per signature off the CPU (its label checks synchronise a GPU)."""
+        tasks = (support_x, support_y, query_x, query_y)
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in tasks)
+        if key in self._validated and support_y.device.type != "cpu":
+            return
+        validate_tasks(*tasks, self.head.out_features, self.body)
+        self._validated.add(key)
+
+
+class ANIL(OuterLoop):
     """ANIL meta-learner: body learnt by the outer loop, linear head adapted per task.
 
     Args:
@@ -182,42 +249,7 @@ class ANIL:
             raise ValueError(f"task_chunk must be a positive integer or None, got {task_chunk!r}.")
         self.channels_last, self.compile_body, self.fused_bn = bool(channels_last), bool(compile_body), bool(fused_bn)
         self._compiled: nn.Module | None = None
-        self._validated: set[tuple] = set()  # meta-batch signatures whose labels were checked
-        self._graph: GraphedStep | None = None
-        if resolve_graph_mode(cuda_graph, self.device):
-            # A graph reads the learning rate from GPU memory, so the schedule updates this tensor in place.
-            self._lr = torch.tensor(self.outer_lr, dtype=torch.float32, device=self.device)
-            self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self._lr, capturable=True)
-            self._graph = GraphedStep(self._step, self._graph_state, self._prepare_graph,
-                                      strict=cuda_graph is True, name="ANIL meta-train step")
-        else:
-            self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.outer_lr)
-
-    @property
-    def graph_captured(self) -> bool:
-        """Whether :meth:`meta_train_step` currently replays a CUDA graph."""
-        return self._graph is not None and self._graph.captured
-
-    def set_outer_lr(self, value: float) -> None:
-        """Set the Adam learning rate for the next steps (the training loop's schedule calls this every step).
-
-        With a CUDA graph the rate is a GPU tensor written in place, so a captured step sees the new value.
-        """
-        if self._graph is not None and self.optimizer.param_groups[0]["lr"] is not self._lr:
-            self._prepare_graph()  # e.g. after optimizer.load_state_dict brought back a float rate
-        set_outer_lr(self.optimizer, value)
-
-    def _prepare_graph(self) -> None:
-        make_capturable(self.optimizer, self._lr)
-
-    def _graph_state(self) -> list[Tensor]:
-        """Every tensor a captured step reads or updates in place (their addresses must not change)."""
-        tensors = [*self.body.parameters(), *self.head.parameters(), *self.body.buffers()]
-        for group in self.optimizer.param_groups:
-            tensors += [group["lr"]] if isinstance(group["lr"], Tensor) else []
-            for param in group["params"]:
-                tensors += [v for v in self.optimizer.state.get(param, {}).values() if isinstance(v, Tensor)]
-        return tensors
+        self._setup_outer_loop(self.trainable_parameters(), cuda_graph, "ANIL meta-train step")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the outer loop updates (frozen body weights excluded)."""
@@ -292,15 +324,6 @@ class ANIL:
         logits = head_logits(self.features(query_x, training=True), fast)
         loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
         return loss, (logits.argmax(-1) == query_y).float().mean()
-
-    def _validate(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> None:
-        """:func:`validate_tasks`, once per signature off the CPU (its label checks synchronise a GPU)."""
-        tasks = (support_x, support_y, query_x, query_y)
-        key = tuple((tuple(t.shape), t.dtype, t.device) for t in tasks)
-        if key in self._validated and support_y.device.type != "cpu":
-            return
-        validate_tasks(*tasks, self.head.out_features, self.body)
-        self._validated.add(key)
 
     def meta_train_step(self, tasks: Sequence[Tensor]) -> dict[str, Tensor]:
         """One outer step: zero_grad, meta_loss, backward, Adam step; replayed from a CUDA graph when captured.

@@ -14,6 +14,11 @@ claim on the same tasks. Two layouts compute the same numbers:
 
 ``"auto"`` resolves per device from measurements (:func:`resolve_maml_layout`).
 
+The outer loop is ANIL's (:class:`algorithms.anil.OuterLoop`), so the two methods get the same engineering:
+:meth:`MAML.meta_train_step` returns device tensors and checks a meta-batch's labels once per signature on an
+accelerator (no host synchronisation per step), and on CUDA ``cuda_graph="auto"`` captures the whole step (inner
+loop, backward, capturable Adam) in one CUDA graph and replays it, with an eager fallback and a notice.
+
 BatchNorm policy, and how it relates to the reference code:
 
 * **What matches the MAML reference code** (Finn's TensorFlow ``maml``, ``utils.normalize`` with
@@ -48,7 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from algorithms.anil import _check_lr, validate_tasks
+from algorithms.anil import OuterLoop, _check_lr
+from algorithms.cuda_graph import GraphMode
 from algorithms.features import (
     BNMode,
     body_mode,
@@ -82,7 +88,7 @@ def resolve_maml_layout(layout: MAMLLayout, device: torch.device) -> Literal["lo
     return "vmap" if device.type == "cuda" else "loop"
 
 
-class MAML:
+class MAML(OuterLoop):
     """MAML meta-learner over a ``(body, head)`` pair; all parameters are adapted per task.
 
     Args:
@@ -94,6 +100,9 @@ class MAML:
         first_order: detach the inner gradients (FOMAML).
         eval_bn: BatchNorm policy at evaluation, ``"batch"`` or ``"running"``.
         layout: ``"loop"`` (per task), ``"vmap"`` (batched over tasks) or ``"auto"`` (:func:`resolve_maml_layout`).
+        cuda_graph: as :class:`algorithms.anil.ANIL`'s: ``"auto"`` captures :meth:`meta_train_step` (inner loop,
+            backward and Adam) in a CUDA graph on CUDA and replays it, so that ANIL and MAML get the same
+            engineering; eager elsewhere, and eager with a notice if capture fails.
     """
 
     def __init__(
@@ -106,6 +115,7 @@ class MAML:
         first_order: bool = True,
         eval_bn: BNMode = "batch",
         layout: MAMLLayout = "auto",
+        cuda_graph: GraphMode = "auto",
     ) -> None:
         if not isinstance(inner_steps, int) or inner_steps < 0:
             raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}.")
@@ -113,8 +123,9 @@ class MAML:
         self.model = nn.Sequential(OrderedDict(body=body, head=head))
         self.inner_lr, self.outer_lr = _check_lr("inner_lr", inner_lr), _check_lr("outer_lr", outer_lr)
         self.inner_steps, self.first_order, self.eval_bn = inner_steps, first_order, eval_bn
-        self.layout = resolve_maml_layout(layout, head.weight.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.outer_lr)
+        self.device = head.weight.device
+        self.layout = resolve_maml_layout(layout, self.device)
+        self._setup_outer_loop(list(self.model.parameters()), cuda_graph, "MAML meta-train step")
 
     def _sgd(self, params: Params, grads: Params) -> Params:
         """One inner SGD step on the parameters named in ``grads``; the others are kept."""
@@ -165,7 +176,7 @@ class MAML:
         Returns:
             ``{name: (tasks, *shape)}`` for every parameter of :attr:`model`, adapted or not.
         """
-        validate_tasks(support_x, support_y, support_x, support_y, self.head.out_features, self.body)
+        self._validate(support_x, support_y, support_x, support_y)
         steps = self.inner_steps if steps is None else steps
         with torch.enable_grad(), body_mode(self.body, self.eval_bn, False, dropout=False):
             if self.layout == "vmap":
@@ -239,16 +250,32 @@ class MAML:
             tasks: a ``TaskBatch`` or a 4-tuple ``(support_x, support_y, query_x, query_y)``.
         """
         support_x, support_y, query_x, query_y = tasks
-        validate_tasks(support_x, support_y, query_x, query_y, self.head.out_features, self.body)
+        self._validate(support_x, support_y, query_x, query_y)
         with body_mode(self.body, "batch", update_running_stats=True, dropout=False):
             per_task = self._vmap_meta_loss if self.layout == "vmap" else self._loop_meta_loss
             losses, correct = per_task(support_x, support_y, query_x, query_y)
         return losses.mean(), correct.mean()
 
-    def meta_train_step(self, tasks: Sequence[Tensor]) -> dict[str, float]:
-        """One outer step: zero_grad, meta_loss, backward, Adam step; returns ``{"loss", "acc"}``."""
+    def meta_train_step(self, tasks: Sequence[Tensor]) -> dict[str, Tensor]:
+        """One outer step: zero_grad, meta_loss, backward, Adam step; replayed from a CUDA graph when captured.
+
+        Returns:
+            ``{"loss", "acc"}``, detached 0-d tensors on the learner's device, as ANIL's (the training loop reads
+            them in batches, so a GPU is not synchronised every step).
+        """
+        tasks = tuple(tasks)
+        self._validate(*tasks)
+        if self._graph is None:
+            stats = self._step(*tasks)
+        else:
+            settings = (self.inner_lr, self.inner_steps, self.first_order, self.layout)
+            stats = self._graph(tasks, (tuple((t.shape, t.dtype, t.device) for t in tasks), settings))
+        return {"loss": stats[0], "acc": stats[1]}
+
+    def _step(self, *tasks: Tensor) -> Tensor:
+        """The meta-train step itself, free of host synchronisation; ``(loss, acc)`` as one tensor ``(2,)``."""
         self.optimizer.zero_grad(set_to_none=True)
         loss, acc = self.meta_loss(tasks)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "acc": acc.item()}
+        return torch.stack([loss.detach(), acc.detach()])

@@ -3,7 +3,7 @@
 # `timeout`, and the optional compile step comes last). Needs .gpu/omniglot-py.tar.gz (a tar of
 # shared/data/omniglot-py) and torch with CUDA; no internet, papermill or Jupyter. Writes at most 10 files to $OUT, named after the GPU, for benchmarks/measured/:
 #   <gpu>_device.txt, <gpu>_benchmark.csv (S1/S2 at 28 and 105, CUDA graph on and off, auto and grouped layouts,
-#   a/b against the floor),
+#   a/b against the floor; batched MAML with its graph on and off),
 #   <gpu>_batchnorm.csv (one per-set BatchNorm layer at 105x105, three ways),
 #   <gpu>_benchmark_levers.csv (S1/S2 105x105, graph on: grouped layout with GroupedNorm, with autograd's BatchNorm
 #   formula, with channels_last; vmap layout), <gpu>_benchmark_compile.csv (the same with torch.compile),
@@ -25,9 +25,10 @@ LOG="$OUT/${GPU}_run.log"
 {
   timeout 30 tar xzf .gpu/omniglot-py.tar.gz -C /tmp/data && ls /tmp/data/omniglot-py
 
-  # (c) a/b against the floor, graph on and off (anil_ms is graph on)
-  timeout 70 python3 -m benchmarks.run --device cuda --sizes 28 105 --scenarios S1 S2 --cuda-graph on off \
-      --anil-layouts grouped --methods --repeats 15 --warmup 3 --out /tmp/work/bench
+  # (c) a/b against the floor, graph on and off (anil_ms is graph on); batched MAML with its graph on and off
+  timeout 120 python3 -m benchmarks.run --device cuda --sizes 28 105 --scenarios S1 S2 --cuda-graph on off \
+      --anil-layouts grouped --methods maml_fo_vmap maml_so_vmap --maml-at-105 --repeats 15 --warmup 3 \
+      --out /tmp/work/bench
   cp /tmp/work/bench/benchmark.csv "$OUT/${GPU}_benchmark.csv"
 
   # (3) per-set BatchNorm alone at conv4's first layer, 16 sets of 30 images: cuDNN over one batch (the floor's),

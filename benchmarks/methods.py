@@ -117,10 +117,14 @@ def per_task_step(
 
 def maml_step(
     body: nn.Module, head: nn.Linear, tasks: TaskBatch, first_order: bool, inner_steps: int,
-    layout: MAMLLayout = "loop",
+    layout: MAMLLayout = "loop", cuda_graph: bool = False,
 ) -> Step:
-    """(e) MAML, all parameters adapted: one task at a time (``"loop"``) or batched over tasks (``"vmap"``)."""
-    maml = MAML(body, head, inner_lr=0.1, inner_steps=inner_steps, first_order=first_order, layout=layout)
+    """(e) MAML, all parameters adapted: one task at a time (``"loop"``) or batched over tasks (``"vmap"``).
+
+    ``cuda_graph`` as for ANIL (strict), so that both methods of a row get the same engineering.
+    """
+    maml = MAML(body, head, inner_lr=0.1, inner_steps=inner_steps, first_order=first_order, layout=layout,
+                cuda_graph=cuda_graph)
     return lambda: maml.meta_train_step(tasks)
 
 

@@ -71,7 +71,7 @@ class Job:
     chunk: int | None = None
     channels_last: bool = False
     layout: str = "auto"  # ANIL's feature layout (algorithms.features)
-    cuda_graph: bool = False  # ANIL: capture the step in a CUDA graph (strict: a failed capture fails the job)
+    cuda_graph: bool = False  # ANIL and MAML: capture the step in a CUDA graph (strict: a failed capture fails the job)
     compile_body: bool = False  # ANIL: torch.compile the grouped body
     fused_bn: bool = True  # ANIL: the grouped layout's BatchNorm through GroupedNorm (False: autograd's formula)
 
@@ -110,7 +110,8 @@ def build_step(job: Job, device: torch.device) -> methods.Step:
     if job.method in ("per_task", "seed"):
         return methods.per_task_step(body, head, tasks, first_order, job.inner_steps, job.method == "seed")
     layout = "vmap" if job.method.endswith("_vmap") else "loop"
-    return methods.maml_step(body, head, tasks, job.method.startswith("maml_fo"), job.inner_steps, layout)
+    return methods.maml_step(body, head, tasks, job.method.startswith("maml_fo"), job.inner_steps, layout,
+                             job.cuda_graph)
 
 
 def _sync(device: torch.device) -> None:
@@ -196,8 +197,9 @@ def scenario_row(scenario: str, size: int, args: argparse.Namespace) -> dict:
     # Each layout of ANIL's features forced, beside "auto" (the device's default): which one should auto pick?
     jobs |= {f"anil_{layout}": Job(**{**asdict(base), "layout": layout}) for layout in args.anil_layouts}
     # The first --cuda-graph mode is anil_ms itself; every mode also gets its own column, so a/b can be compared.
-    jobs |= {f"anil_graph_{mode}": Job(**{**asdict(base), "cuda_graph": mode == "on"}) for mode in args.cuda_graph
-             if len(args.cuda_graph) > 1}
+    graph_modes = args.cuda_graph if len(args.cuda_graph) > 1 else []
+    jobs |= {f"{method}_graph_{mode}": Job(**{**asdict(base), "method": method, "cuda_graph": mode == "on"})
+             for method in wanted if method in ("anil", "maml_fo_vmap", "maml_so_vmap") for mode in graph_modes}
     jobs |= {f"anil_grouped_{lever}": Job(**{**asdict(base), "layout": "grouped", **LEVERS[lever]})
              for lever in args.anil_levers}
     for name, job in jobs.items():
@@ -250,8 +252,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--anil-layouts", nargs="*", default=[], choices=[x for x in LAYOUTS if x != "auto"],
                    help="also time ANIL with each of these feature layouts forced (columns anil_<layout>_ms)")
     p.add_argument("--cuda-graph", nargs="+", default=["off"], choices=["on", "off"],
-                   help="ANIL with its step captured in a CUDA graph ('on', CUDA only) or eager; the first mode is "
-                        "anil_ms, and with several each gets a column anil_graph_<mode>_ms")
+                   help="ANIL and MAML with their steps captured in a CUDA graph ('on', CUDA only) or eager; the "
+                        "first mode is anil_ms (and the MAML columns), and with several each gets a column "
+                        "anil_graph_<mode>_ms (maml_*_vmap_graph_<mode>_ms for batched MAML)")
     p.add_argument("--anil-levers", nargs="*", default=[], choices=list(LEVERS),
                    help="also time the grouped layout with channels_last, torch.compile or autograd's BatchNorm "
                         "formula (anil_grouped_<lever>_ms)")
@@ -293,7 +296,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     atomic_write_text(args.out / f"{name}.csv", table.to_csv(index=False))
     atomic_write_json(args.out / f"{name}.json", {"meta": meta, "rows": table.to_dict(orient="records")})
     layouts = (f"anil_{x}_ms" for x in args.anil_layouts)
-    variants = [f"anil_graph_{m}_ms" for m in args.cuda_graph] + [f"anil_grouped_{x}_ms" for x in args.anil_levers]
+    graphed = [f"{method}_graph_{m}_ms" for method in ("anil", "maml_fo_vmap", "maml_so_vmap") for m in args.cuda_graph]
+    variants = graphed + [f"anil_grouped_{x}_ms" for x in args.anil_levers]
     columns = [c for c in ("scenario", "size", "anil_ms", *layouts, *variants, "a/b graph on", "a/b graph off",
                            "floor_ms", "floor_setting", "a/b", "target a/b", "a/b met", "c/a", "d/a", "e_fo/a",
                            "e_so/a", "e_fo_vmap/a", "e_so_vmap/a", "e_so/a(S1)") if c in table]

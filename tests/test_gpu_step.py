@@ -15,6 +15,7 @@ from evaluation_support import conv4, make_anil, make_pool, run, state_tensors
 
 from algorithms.anil import ANIL
 from algorithms.cuda_graph import GraphCaptureError, GraphedStep, resolve_graph_mode
+from algorithms.maml import MAML
 from evaluation import training
 from evaluation.training import NonFiniteLossError, TaskOrder, outer_lr_factor
 
@@ -40,7 +41,8 @@ def reference_run(learner, pool, iterations: int, meta_batch_size: int, schedule
         for group in learner.optimizer.param_groups:
             group["lr"] = learner.outer_lr * outer_lr_factor(schedule, it, iterations)
         learner.optimizer.zero_grad(set_to_none=True)
-        n, chunk = len(tasks[0]), learner.task_chunk or len(tasks[0])
+        n = len(tasks[0])
+        chunk = getattr(learner, "task_chunk", None) or n  # MAML has no chunks: one meta_loss over all tasks
         loss_sum = acc_sum = 0.0
         for start in range(0, n, chunk):
             part = [t[start : start + chunk] for t in tasks]
@@ -69,8 +71,27 @@ def test_sync_free_training_gives_a_bit_identical_history(pool, monkeypatch, tas
                    for k in learner.optimizer.state[q])
 
 
-def test_step_returns_detached_device_tensors(pool):
-    stats = make_anil().meta_train_step(pool.batch([0, 1]))
+def make_maml(layout: str = "vmap", first_order: bool = False, **kwargs) -> MAML:
+    body, head = conv4(0)
+    return MAML(body, head, **{"inner_lr": 0.4, "outer_lr": 0.003, "inner_steps": 2, "first_order": first_order,
+                               "layout": layout, **kwargs})
+
+
+@pytest.mark.parametrize("layout", ["vmap", "loop"])
+def test_maml_sync_free_training_gives_a_bit_identical_history(pool, monkeypatch, layout):
+    """MAML's step returns device tensors too (it read .item() every step); the history must not change."""
+    monkeypatch.setattr(training, "READ_EVERY", 3)
+    expected_learner, learner = make_maml(layout), make_maml(layout)
+    losses, accs, _ = reference_run(expected_learner, pool, 5, 4, "cosine")
+    result = run(learner, pool, iterations=5, meta_batch_size=4, lr_schedule="cosine")
+    assert result.losses == losses and result.accs == accs  # exact
+    for name, tensor in state_tensors(expected_learner).items():
+        assert torch.equal(tensor, state_tensors(learner)[name]), name
+
+
+@pytest.mark.parametrize("make", [make_anil, make_maml], ids=["anil", "maml"])
+def test_step_returns_detached_device_tensors(pool, make):
+    stats = make().meta_train_step(pool.batch([0, 1]))
     assert set(stats) == {"loss", "acc"}
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in stats.values())
 
@@ -174,24 +195,25 @@ def test_capture_failure_falls_back_to_eager_with_a_one_line_notice(monkeypatch,
         strict([torch.tensor(1.0)], key="a")
 
 
-def cuda_pair(**kwargs):
+def cuda_pair(learner_class=ANIL, **kwargs):
     """Two identical learners on CUDA: one replaying a graph, one eager with the same capturable Adam."""
     learners = []
     for _ in range(2):
         body, head = conv4(0)
         options = {"inner_lr": 0.4, "outer_lr": 0.003, "inner_steps": 2, "cuda_graph": True, **kwargs}
-        learners.append(ANIL(body.cuda(), head.cuda(), **options))
+        learners.append(learner_class(body.cuda(), head.cuda(), **options))
     learners[1]._graph.disabled = True
     return learners
 
 
 @CUDA
-@pytest.mark.parametrize("layout", ["auto", "grouped"])  # grouped: GroupedNorm's written-out backward in the graph
+@pytest.mark.parametrize("kind", ["anil-auto", "anil-grouped", "maml-vmap"])  # grouped: GroupedNorm's backward
 @pytest.mark.parametrize("first_order", [True, False])
-def test_replayed_graph_step_equals_an_eager_step(pool, monkeypatch, first_order, layout):
+def test_replayed_graph_step_equals_an_eager_step(pool, monkeypatch, first_order, kind):
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    graphed, eager = cuda_pair(first_order=first_order, layout=layout)
+    name, layout = kind.split("-")
+    graphed, eager = cuda_pair(ANIL if name == "anil" else MAML, first_order=first_order, layout=layout)
     for step in range(6):
         tasks = pool.batch([step % 8, (step + 1) % 8, (step + 2) % 8, (step + 3) % 8], "cuda")
         stats = []
