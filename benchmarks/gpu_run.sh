@@ -55,8 +55,9 @@ LOG="$OUT/${GPU}_run.log"
       --cuda-graph on off --iterations 200 --warmup 10 --out /tmp/work/tp
   cp /tmp/work/tp/train_throughput.csv "$OUT/${GPU}_train_throughput.csv"
 
-  # CUDA tests of the graph (replay == eager, resume recaptures, pinned batches), when pytest is installed
-  python3 -c "import pytest" && OMNIGLOT_ROOT=/tmp/data timeout 35 python3 -m pytest -q -p no:cacheprovider \
+  # CUDA tests of the graph (replay == eager for ANIL auto/grouped and MAML vmap, resume recaptures, pinned
+  # batches), when pytest is installed
+  python3 -c "import pytest" && OMNIGLOT_ROOT=/tmp/data timeout 60 python3 -m pytest -q -p no:cacheprovider \
       tests/test_gpu_step.py -k "replayed or pinned or resumes"
 
   # (3b) torch.compile of the grouped body (slowest to start: a compile per process), last so it cannot cost the rest
