@@ -83,15 +83,19 @@ def time_variant(variant: str, x: Tensor, grad: Tensor, sets: int, repeats: int)
 
 
 def _median_ms(step: Callable[[], None], device: torch.device, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 1):  # the first call is a warm-up
+    """Median milliseconds of ``repeats`` calls of ``step`` after one warm-up call."""
+    def synchronise() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+
+    step()
+    times = []
+    for _ in range(repeats):
+        synchronise()
         start = time.perf_counter()
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(1e3 * (time.perf_counter() - start)) if i else None
+        synchronise()
+        times.append(1e3 * (time.perf_counter() - start))
     return statistics.median(times)
 
 
