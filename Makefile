@@ -21,7 +21,7 @@ setup: $(STAMP)
 ## run: execute the notebook top to bottom, headless, with PRESET (default "auto"), into executed/.
 run: $(STAMP)
 	mkdir -p executed
-	ANIL_HEADLESS=1 $(PYTHON) -m papermill anil_on_omniglot.ipynb executed/anil_on_omniglot.ipynb -k python3 \
+	$(PYTHON) -m papermill anil_on_omniglot.ipynb executed/anil_on_omniglot.ipynb -k python3 \
 		-p PRESET $(PRESET) -p DATA_ROOT "$(OMNIGLOT_ROOT)"
 
 ## test: lint, then the whole test suite (includes the notebook's smoke run and a tiny benchmark run).

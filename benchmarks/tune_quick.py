@@ -20,48 +20,61 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
 from evaluation.evaluate import per_task_accuracies
 from evaluation.results import save_table
-from evaluation.scenarios import SCENARIOS, build_network, make_learner, make_pools
-from evaluation.training import train
+from evaluation.scenarios import SCENARIOS, TaskPools, build_network, make_learner, make_pools
+from evaluation.training import TrainResult, train
 from utils.config import PRESETS, Config, resolve_config
 from utils.data import OmniglotSplit, load_omniglot
 
 STEPS = (0, 5, 10, 20, 40, 50, 80, 160)
 
 
-def tune_run(config: Config, splits: list[OmniglotSplit], steps: tuple[int, ...], scenario: str = "S2",
-             train_k_query: int | None = None) -> list[dict]:
-    """Train S2 (or S1) with ``config`` on the CPU; accuracy (%) after each of ``steps`` on validation and test tasks.
+def train_tuned(config: Config, splits: list[OmniglotSplit], scenario: str = "S2", train_k_query: int | None = None,
+                progress: bool = False) -> tuple[Any, TaskPools, TrainResult]:
+    """Train S2 (or S1) with ``config`` on the CPU exactly as the notebook trains it.
 
     Args:
         config: the run's configuration (a quick preset with overrides).
         splits: the background and evaluation splits at ``config.image_size``, loaded once by the caller.
-        steps: test-time inner-step counts to measure.
         scenario: ``"S2"`` or ``"S1"``.
         train_k_query: query images per class of the *training* tasks (default ``config.k_query``); validation
             and test tasks keep ``config.k_query``.
+        progress: show a progress bar.
+
+    Returns:
+        ``(learner, pools, result)``: the trained learner, the task pools and its training history.
     """
-    device = torch.device("cpu")
     pools = make_pools(*splits, config)
     if train_k_query is not None and train_k_query != config.k_query:  # same characters and seeds, more queries
         pools = dataclasses.replace(pools, train=make_pools(*splits, config.replace(k_query=train_k_query)).train)
     spec = SCENARIOS[scenario]
     iterations = config.s2_iterations if scenario == "S2" else config.s1_iterations
     learner = make_learner(spec, *build_network(spec.architecture, config), config)
+    result = train(learner, pools.train, iterations, config.meta_batch_size,
+                   generator=torch.Generator().manual_seed(config.seed), device=torch.device("cpu"),
+                   scenario=spec.name, progress=progress, lr_schedule=config.outer_lr_schedule)
+    return learner, pools, result
+
+
+def tune_run(config: Config, splits: list[OmniglotSplit], steps: tuple[int, ...], scenario: str = "S2",
+             train_k_query: int | None = None) -> list[dict]:
+    """Train S2 (or S1) with :func:`train_tuned`; accuracy (%) after each of ``steps`` on validation and test tasks.
+
+    Arguments as in :func:`train_tuned`; ``steps`` are the test-time inner-step counts to measure.
+    """
     started = time.perf_counter()
-    train(learner, pools.train, iterations, config.meta_batch_size,
-          generator=torch.Generator().manual_seed(config.seed), device=device, scenario=spec.name,
-          progress=False, lr_schedule=config.outer_lr_schedule)
+    learner, pools, result = train_tuned(config, splits, scenario, train_k_query)
     seconds = time.perf_counter() - started
     rows = []
     for split, pool in (("validation", pools.val), ("test", pools.test)):
-        accs, nil = per_task_accuracies(learner, pool, steps, 50, device, nil=True, progress=False)
-        row = {"scenario": scenario, "iterations": iterations, "meta_batch_size": config.meta_batch_size,
+        accs, nil = per_task_accuracies(learner, pool, steps, 50, torch.device("cpu"), nil=True, progress=False)
+        row = {"scenario": scenario, "iterations": result.iterations_done, "meta_batch_size": config.meta_batch_size,
                "train_k_query": train_k_query or config.k_query,
                "outer_lr": config.outer_lr, "inner_lr": config.inner_lr, "bf16_body": config.bf16_body,
                "seed": config.seed, "split": split, "tasks": len(pool),

@@ -4,8 +4,8 @@ ANIL (Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse?", ICLR 2
 only a linear head on fixed features, so its inner loop is a few tiny matrix products: fast enough to redo on
 every move of a slider. :func:`adapt_and_plot` is the whole computation, one plain function that tests call
 too; :class:`Playground` only wires ipywidgets controls (scenario, test task, inner steps, inner learning rate,
-k_shot) to it, and :func:`show_playground` shows either the live widget or, headless (papermill, nbclient, CI),
-a static snapshot of the same figure at the default values.
+k_shot) to it, and :func:`show_playground` shows the live widget in any IPython kernel, bundled with a static PNG
+of the same figure that a saved notebook's static viewer shows instead; outside a kernel it returns the figure.
 
 The figure shows the task's support set, the query answers before and after adaptation
 (:func:`utils.viz.predictions_figure`) and the support loss over the inner steps. For learners that expose
@@ -36,7 +36,7 @@ from utils.viz import TaskPredictions, learner_device, one_task, predictions_fig
 MAX_STEPS = 100
 INNER_LR_RANGE = (1e-3, 10.0)  # the log slider's ends
 GENERIC_CURVE_POINTS = 11
-HEADLESS_ENV = "ANIL_HEADLESS"  # set to 1 to force the static snapshot (make run, make notebook, tests)
+HEADLESS_ENV = "ANIL_HEADLESS"  # optional: 1 shows the static figure alone (make notebook commits a plain image)
 
 
 @contextmanager
@@ -188,18 +188,19 @@ def _plot_losses(ax: Any, counts: list[int], losses: torch.Tensor, lr: float | N
     ax.tick_params(labelsize=7)
 
 
-def has_widget_frontend() -> bool:
-    """Whether widgets can be shown live: an IPython kernel, and ``ANIL_HEADLESS`` not set.
-
-    A kernel cannot tell whether a browser is attached, so headless runs set ``ANIL_HEADLESS=1``
-    (``make run``, ``make notebook`` and the tests do); :func:`show_playground` adds a static fallback anyway.
-    """
-    if os.environ.get(HEADLESS_ENV, "") not in ("", "0") or "ipykernel" not in sys.modules:
+def in_kernel() -> bool:
+    """Whether this code runs in an IPython kernel (Jupyter, nbclient, papermill), where widgets can be sent."""
+    if "ipykernel" not in sys.modules:
         return False
     from IPython import get_ipython
 
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def static_only() -> bool:
+    """Whether ``ANIL_HEADLESS`` asks for the static figure alone (an option; every path works without it)."""
+    return os.environ.get(HEADLESS_ENV, "") not in ("", "0")
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -308,23 +309,30 @@ class Playground:
         following.on_click(next_task)
         rows = [widgets.HBox([controls["scenario"], controls["task"], following]),
                 widgets.HBox([controls["steps"], controls["inner_lr"], controls["k_shot"]])]
-        return widgets.VBox([*rows, widgets.HBox([predictions, losses])])
+        # Stacked, each at most the output area's width: side by side they overflowed a 1,400 px window.
+        for image in (predictions, losses):
+            image.layout = widgets.Layout(max_width="100%", height="auto")
+        return widgets.VBox([*rows, predictions, losses])
 
 
 def show_playground(learners: Mapping[str, Any], pool: TaskPool, **options: Any) -> Figure | None:
-    """Show the live playground, or return a static snapshot of its figure when no widget frontend can show it.
+    """Show the live playground in a kernel; elsewhere return a static snapshot of its figure.
 
-    With a kernel, the widget is displayed together with a PNG of its first figure: a frontend without the
-    widget manager (a static viewer of the saved notebook) shows the PNG instead. Headless, the snapshot figure
-    is returned for the cell to display. Nothing raises because widgets are unavailable.
+    In any IPython kernel the widget is displayed in one output together with a PNG of its first figure: the
+    browser's widget manager shows the live controls, a static viewer of the saved notebook (GitHub, nbviewer
+    without widget state) shows the PNG. Outside a kernel, with ``ANIL_HEADLESS=1`` or without ipywidgets, the
+    snapshot figure is returned for the caller to show. Nothing here needs an environment variable to work.
 
     Args:
         learners: scenario name -> trained learner.
         pool: test tasks.
         **options: ``steps``, ``inner_lr``, ``seed`` of :class:`Playground`.
+
+    Returns:
+        The snapshot figure, or ``None`` when the live widget was displayed.
     """
     playground = Playground(learners, pool, **options)
-    if not has_widget_frontend():
+    if static_only() or not in_kernel():
         return playground.figure()
     try:
         widget = playground.widget()
@@ -332,7 +340,7 @@ def show_playground(learners: Mapping[str, Any], pool: TaskPool, **options: Any)
         return playground.figure()
     from IPython.display import display
 
-    bundle = widget._repr_mimebundle_()
-    bundle["image/png"] = base64.b64encode(widget.children[-1].value).decode("ascii")
+    bundle = widget._repr_mimebundle_()  # IPython's display protocol: the widget-view mime type
+    bundle["image/png"] = base64.b64encode(figure_png(playground.figure())).decode("ascii")
     display(bundle, raw=True)
     return None

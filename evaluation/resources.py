@@ -15,6 +15,9 @@ cost must be measured the same way for every scenario and never invented:
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import psutil
 import torch
 
@@ -30,6 +33,26 @@ def device_name(device: torch.device | str) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"{device} ({torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else :func:`platform.processor`, e.g. ``"AMD EPYC"``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_isa() -> str:
+    """The widest vector ISA torch uses on this CPU, and AMX where present: ``"AVX2"``, ``"AVX-512"``,
+    ``"AVX-512+AMX"`` (bfloat16 is native only with AMX), ``"DEFAULT"`` elsewhere (e.g. Arm)."""
+    capability = torch.backends.cpu.get_cpu_capability()  # "DEFAULT", "AVX2", "AVX512", ...
+    isa = {"AVX512": "AVX-512"}.get(capability, capability)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()  # private, but the only AMX probe
+    return f"{isa}+AMX" if amx else isa
 
 
 def _nvml_handle(device: torch.device) -> object | None:

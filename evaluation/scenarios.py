@@ -32,7 +32,7 @@ from evaluation.results import load_cached, result_key, result_path, save_result
 from evaluation.training import train
 from utils.config import Config
 from utils.data import OmniglotSplit, split_characters
-from utils.io import atomic_torch_save, display_path
+from utils.io import atomic_torch_save, display_path, error_path
 from utils.networks import (
     WeightsUnavailableError,
     create_anil_network,
@@ -200,8 +200,9 @@ def load_pretrained_body(pretrained: str, config: Config, train_images: torch.Te
             body, _ = create_pretrained_resnet_body(config.n_way, pretrained=pretrained)
             return PretrainedBody(body.state_dict(), body.pretrained_source)
         except WeightsUnavailableError as err:
-            print(f"NOTICE: ImageNet weights are unavailable, so S3/S4 use a body pretrained on the Omniglot "
-                  f"background characters instead.\n  Reason: {str(err).splitlines()[0]}")
+            cause = type(err.__cause__ or err).__name__
+            print(f"S3/S4 body: pre-trained on the Omniglot background characters, because torchvision's ImageNet "
+                  f"weights could not be obtained ({cause}; README, 'Pretrained weights offline', says how).")
     body, _ = build_network("resnet18", config)
     if pretrained == "none":
         return PretrainedBody(body.state_dict(), "random")
@@ -334,7 +335,7 @@ def trained_learner(spec: ScenarioSpec, config: Config, device: torch.device | s
                      reuse=False, progress=progress, maml_layout=maml_layout)
     if not path.is_file():
         raise FileNotFoundError(
-            f"No trained weights of {spec.name} for this configuration at {display_path(path)}; "
+            f"No trained weights of {spec.name} for this configuration at {error_path(path)}; "
             "run run_scenario with the same config, results_dir and source first."
         )
     state = torch.load(path, map_location="cpu", weights_only=True)

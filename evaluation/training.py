@@ -53,7 +53,7 @@ from evaluation.evaluate import evaluate
 from evaluation.resources import ResourceMonitor, device_name
 from evaluation.serialise import dataclass_kwargs
 from utils.config import LR_SCHEDULES
-from utils.io import display_path, ensure_writable_dir
+from utils.io import display_path, ensure_writable_dir, error_path
 from utils.tasks import TaskPool
 
 SMOOTHING = 0.9  # EMA factor of the running loss and accuracy shown in the progress bar
@@ -310,7 +310,7 @@ class _Trainer:
     def _non_finite_message(self, loss: float) -> str:
         s, lrn = self.settings, self.learner
         kept = (
-            f"the last good checkpoint {display_path(s.checkpoint_path)} (iteration {self.last_checkpoint}) "
+            f"the last good checkpoint {error_path(s.checkpoint_path)} (iteration {self.last_checkpoint}) "
             "is unchanged"
             if self.last_checkpoint is not None
             else "no checkpoint had been written"

@@ -16,7 +16,6 @@ from evaluation.playground import (
     Playground,
     adapt_and_plot,
     figure_png,
-    has_widget_frontend,
     show_playground,
     support_losses,
 )
@@ -104,7 +103,8 @@ def test_generic_learners_get_a_sampled_curve(pool):
 def test_widget_controls_redraw(learner, pool):
     playground = Playground({"S1": learner}, pool, steps=2)
     widget = playground.widget()
-    images = widget.children[-1].children  # the predictions mosaic and the support-loss panel
+    images = widget.children[-2:]  # the predictions mosaic above the support-loss panel, each within the width
+    assert all(image.layout.max_width == "100%" for image in images)
     before = [bytes(image.value) for image in images]
     assert all(value.startswith(b"\x89PNG") for value in before)
     steps_slider = widget.children[1].children[0]
@@ -127,10 +127,26 @@ def test_live_mosaic_is_the_figures_mosaic_with_its_titles(learner, pool):
     assert (live[: live.shape[0] - mosaic.shape[0]] < 255).any()  # the titles are drawn
 
 
-def test_headless_returns_a_static_snapshot(learner, pool, monkeypatch):
+def test_static_only_option_and_plain_python_return_the_snapshot(learner, pool, monkeypatch):
     monkeypatch.setenv("ANIL_HEADLESS", "1")
-    assert not has_widget_frontend()
     snapshot = show_playground({"S1": learner}, pool, steps=5)
     assert isinstance(snapshot, Figure) and snapshot.support_losses[0][-1] == 5
     monkeypatch.delenv("ANIL_HEADLESS")
     assert isinstance(show_playground({"S1": learner}, pool), Figure)  # plain Python: no kernel at all
+
+
+def test_in_a_kernel_the_widget_is_shown_with_its_png_fallback(learner, pool, monkeypatch):
+    """What a kernel gets (the path that crashed under Run All): one output, the live widget plus a PNG."""
+    import IPython.display
+
+    from evaluation import playground as module
+
+    shown = []
+    monkeypatch.delenv("ANIL_HEADLESS", raising=False)
+    monkeypatch.setattr(module, "in_kernel", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda bundle, raw: shown.append((bundle, raw)))
+    assert show_playground({"S1": learner}, pool, steps=4) is None
+    (bundle, raw), = shown
+    assert raw and "application/vnd.jupyter.widget-view+json" in bundle
+    png = __import__("base64").b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000  # the whole figure: mosaic and loss panel

@@ -50,7 +50,7 @@ from PIL import Image
 from torchvision.datasets import Omniglot
 from tqdm.auto import tqdm
 
-from utils.io import atomic_torch_save, display_path, ensure_writable_dir
+from utils.io import atomic_torch_save, display_path, ensure_writable_dir, error_path
 
 SPLIT_FOLDERS = {"background": "images_background", "evaluation": "images_evaluation"}
 DRAWINGS_PER_CHARACTER = 20
@@ -243,9 +243,9 @@ def _has_subfolders(folder: Path) -> bool:
 def _missing_data_error(root: Path, folder: Path, reason: str) -> FileNotFoundError:
     """A ``FileNotFoundError`` that says where we looked and how to put the data there."""
     zips = " and ".join(f"{name}.zip" for name in SPLIT_FOLDERS.values())
-    data = display_path(root / DATA_FOLDER)
+    data = error_path(root / DATA_FOLDER)
     return FileNotFoundError(
-        f"Omniglot images not found in {display_path(folder)} ({reason}). Expected layout: "
+        f"Omniglot images not found in {error_path(folder)} ({reason}). Expected layout: "
         f"{data}/images_background/<Alphabet>/characterNN/*.png and likewise for "
         f"images_evaluation. Either pass download=True, or download {zips} by hand from "
         "https://github.com/brendenlake/omniglot/tree/master/python and unzip them into "
@@ -269,9 +269,9 @@ def _scan_layout(folder: Path) -> _Layout:
             pngs = _sorted_entries(character, directories=False)
             if len(pngs) != DRAWINGS_PER_CHARACTER:
                 raise ValueError(
-                    f"{display_path(character)} holds {len(pngs)} PNG files but every Omniglot character has "
+                    f"{error_path(character)} holds {len(pngs)} PNG files but every Omniglot character has "
                     f"{DRAWINGS_PER_CHARACTER} drawings; re-extract the official zip into "
-                    f"{display_path(folder.parent)}."
+                    f"{error_path(folder.parent)}."
                 )
             layout.characters.append(f"{alphabet.name}/{character.name}")
             layout.alphabet_index.append(alphabet_id)
@@ -292,7 +292,7 @@ def _decode_png(path: Path, image_size: int) -> np.ndarray:
             grey = image.convert("L")
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's errors for truncated / malformed files
         raise ValueError(
-            f"Cannot decode Omniglot image {display_path(path)}: {err}. The file is corrupt or truncated; "
+            f"Cannot decode Omniglot image {error_path(path)}: {err}. The file is corrupt or truncated; "
             "re-extract the official zip (or delete the folder and load with download=True)."
         ) from err
     if grey.size != (image_size, image_size):

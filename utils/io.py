@@ -4,8 +4,10 @@ Caches, checkpoints and results are written to a temporary file in the destinati
 place with :func:`os.replace`, which is atomic on POSIX and Windows. An interrupted write (the notebook's stop
 button, a full disk) therefore leaves the previous version intact.
 
-Messages that name a file go through :func:`display_path`, so that the committed tutorial (ANIL, Raghu et al.,
-ICLR 2020, arXiv:1909.09157) never shows the folders of the machine that ran it.
+Two ways to name a file. What the notebook prints into its (committed) outputs goes through
+:func:`display_path`, so that the tutorial (ANIL, Raghu et al., ICLR 2020, arXiv:1909.09157) never shows the
+folders of the machine that ran it. Exceptions go through :func:`error_path`: an absolute path points at the same
+file from whichever folder the reader runs the modules, where a path relative to the project would mislead.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ def display_path(path: str | os.PathLike) -> str:
         if relative.parts.count("..") <= _MAX_PARENT_STEPS:
             return relative.as_posix()
     return str(path)
+
+
+def error_path(path: str | os.PathLike) -> str:
+    """``path`` as an exception names it: absolute (``~`` expanded), never relative to the project.
+
+    Nothing is resolved on disk (no symbolic links followed), so a missing path is named just the same.
+    """
+    return os.path.abspath(Path(path).expanduser())
 
 
 def ensure_writable_dir(folder: str | os.PathLike) -> Path:

@@ -55,7 +55,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models import WeightsEnum
 
-from utils.io import display_path
+from utils.io import display_path, error_path
 
 IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
@@ -369,12 +369,12 @@ def _download_weights(weights: WeightsEnum) -> Mapping[str, Any]:
             torch.hub.download_url_to_file(weights.url, str(cached), match.group(1) if match else None)
         return weights.get_state_dict(progress=True, check_hash=True, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # URLError is an OSError
-        shown = display_path(cached)
+        shown = error_path(cached)
         raise WeightsUnavailableError(
             f"Could not obtain the ImageNet weights {file_name} "
             f"({type(err).__name__}: {_first_sentence(err)}). Without internet access, download "
             f"{weights.url} elsewhere and either place it in the torch hub cache folder "
-            f'{display_path(cached.parent)} (as {shown}) or pass pretrained="/path/to/{file_name}". '
+            f'{error_path(cached.parent)} (as {shown}) or pass pretrained="/path/to/{file_name}". '
             f"If {shown} already exists it may be damaged: delete it and retry."
         ) from err
 
@@ -400,20 +400,20 @@ def _read_weight_file(path: Path, weights: WeightsEnum) -> Mapping[str, Any]:
     """
     if not path.is_file():
         raise FileNotFoundError(
-            f"Weight file {display_path(path)} does not exist (or is not a file). Pass the path of "
+            f"Weight file {error_path(path)} does not exist (or is not a file). Pass the path of "
             f"{_official_file_hint(weights)}, pretrained=True to download it, or pretrained=False."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # damaged files raise UnpicklingError, EOFError, KeyError or RuntimeError alike
         raise ValueError(
-            f"Cannot read the weight file {display_path(path)} ({type(err).__name__}: {_first_sentence(err)}). "
+            f"Cannot read the weight file {error_path(path)} ({type(err).__name__}: {_first_sentence(err)}). "
             "Expected a "
             f"state dict saved with torch.save, such as {_official_file_hint(weights)}; download it again."
         ) from err
     if not isinstance(state, Mapping):
         raise ValueError(
-            f"The weight file {display_path(path)} holds a {type(state).__name__}, not a state dict (name -> tensor). "
+            f"The weight file {error_path(path)} holds a {type(state).__name__}, not a state dict (name -> tensor). "
             f"Expected {_official_file_hint(weights)}."
         )
     return state

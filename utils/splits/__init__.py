@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from utils.data import OmniglotSplit
-from utils.io import display_path
+from utils.io import error_path
 
 SPLITS_DIR = Path(__file__).resolve().parent
 VINYALS_DIR = SPLITS_DIR / "vinyals"
@@ -56,17 +56,17 @@ def read_split_list(path: str | Path) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Split list {display_path(path)} does not exist; it ships in {SPLITS_DIR.name}/.")
+        raise FileNotFoundError(f"Split list {error_path(path)} does not exist; it ships in {SPLITS_DIR.name}/.")
     rotations: dict[str, set[str]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").split(), start=1):
         alphabet, character, rotation = [*line.split("/"), "", ""][:3]
         if not (alphabet and character) or rotation not in ROTATIONS or line.count("/") != 2:
-            raise ValueError(f"{display_path(path)} line {number}: expected Alphabet/characterNN/rotNNN, got {line!r}.")
+            raise ValueError(f"{error_path(path)} line {number}: expected Alphabet/characterNN/rotNNN, got {line!r}.")
         rotations.setdefault(f"{alphabet}/{character}", set()).add(rotation)
     partial = [name for name, seen in rotations.items() if len(seen) != len(ROTATIONS)]
     if partial:
         raise ValueError(
-            f"{display_path(path)} lists only some rotations of {len(partial)} characters (e.g. {partial[0]!r}); "
+            f"{error_path(path)} lists only some rotations of {len(partial)} characters (e.g. {partial[0]!r}); "
             "every character must come with rot000, rot090, rot180 and rot270."
         )
     return list(rotations)
