@@ -1,10 +1,12 @@
 # Two commands do everything on a fresh machine with python3:  `make run`  and  `make test`.
-# Both create (or reuse) .venv and install requirements.txt first. Set OMNIGLOT_ROOT to a folder that holds
-# (or will receive) omniglot-py/; it defaults to ./data, where the notebook downloads Omniglot automatically.
+# Both create (or reuse) .venv and install requirements.txt first; make test (and lint) also requirements-test.txt.
+# Set OMNIGLOT_ROOT to a folder that holds (or will receive) omniglot-py/; it defaults to ./data, where the notebook
+# downloads Omniglot automatically.
 PY ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+TEST_STAMP := $(VENV)/.requirements-test-installed
 PRESET ?= auto
 export OMNIGLOT_ROOT ?= data
 export MPLBACKEND ?= Agg
@@ -16,6 +18,11 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# The test and lint tools (pytest, ruff, selenium) only: what make run needs stays in requirements.txt.
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
 setup: $(STAMP)
 
 ## run: execute the notebook top to bottom, headless, with PRESET (default "auto"), into executed/.
@@ -24,11 +31,12 @@ run: $(STAMP)
 	$(PYTHON) -m papermill anil_on_omniglot.ipynb executed/anil_on_omniglot.ipynb -k python3 \
 		-p PRESET $(PRESET) -p DATA_ROOT "$(OMNIGLOT_ROOT)"
 
-## test: lint, then the whole test suite (includes the notebook's smoke run and a tiny benchmark run).
-test: $(STAMP) lint
+## test: lint, then the whole test suite (includes the notebook's smoke run, the notebook driven in JupyterLab by
+## headless Chromium, and a tiny benchmark run).
+test: $(TEST_STAMP) lint
 	$(PYTHON) -m pytest
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(PYTHON) -m ruff check .
 
 ## notebook: regenerate the committed notebook's outputs from a clean run of the "quick" preset; the notebook runs
