@@ -81,7 +81,7 @@ class ScenarioRecord:
         train: the training history and cost.
         test: evaluation on the standard pool (>= 600 tasks).
         train_tasks: size of the training task pool.
-        test_seed: evaluation on the seed's 100 tasks, if measured.
+        test_seed: evaluation on 100 tasks drawn here, the seed's count (its own tasks are not known), if measured.
         adaptation_curve: test accuracy after 0, 1, ... inner steps, if measured.
         meta_batch_size: tasks per outer step, ``None`` when unknown (results saved before it was recorded).
     """
@@ -177,6 +177,9 @@ def _ratio(numerator: float | None, denominator: int | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
 
+SEED_COUNT_TASKS = "100 tasks: the seed's count, drawn here"  # test_seed: the seed's own tasks are not known
+
+
 def _seed_test(r: ScenarioRecord, attribute: str) -> float | None:
     return None if r.test_seed is None else getattr(r.test_seed, attribute)
 
@@ -221,8 +224,8 @@ BASE_ROWS: dict[str, tuple[Getter, str]] = {
     "Adaptation gain": (lambda r: r.test.gain, "+.3f"),
     "95% CI (±, after adaptation)": (lambda r: r.test.ci_after, ".3f"),
     "NIL accuracy (no inner loop)": (lambda r: r.test.nil_acc, ".3f"),
-    "Accuracy after adaptation (seed's 100 tasks)": (lambda r: _seed_test(r, "acc_after"), ".3f"),
-    "95% CI (±, seed's 100 tasks)": (lambda r: _seed_test(r, "ci_after"), ".3f"),
+    f"Accuracy after adaptation ({SEED_COUNT_TASKS})": (lambda r: _seed_test(r, "acc_after"), ".3f"),
+    f"95% CI (±, {SEED_COUNT_TASKS})": (lambda r: _seed_test(r, "ci_after"), ".3f"),
 }
 RELATIVE_ROWS: dict[str, str] = {
     "Speed-up vs reference (it/s ratio)": ".2f",

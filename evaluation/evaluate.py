@@ -8,7 +8,7 @@ on the query set. The accuracy *before* adaptation (``steps=0``, the head at its
 level, ``1 / n_way``, on average: every task assigns its labels by a random permutation.
 
 Confidence interval: ``mean ± 1.96 · s / √n`` over the ``n`` per-task accuracies, with ``s`` the **sample**
-standard deviation (``ddof=1``). 1.96 is the normal quantile; for the seed's 100 tasks Student's t would give
+standard deviation (``ddof=1``). 1.96 is the normal quantile; for 100 tasks (the seed's count) Student's t would give
 1.984, 1% wider. The field's standard is ``n >= 600`` tasks.
 
 Paired differences (:func:`paired_difference`): two methods evaluated on the *same* tasks are compared by the

@@ -93,7 +93,7 @@ class TaskPools:
     train: TaskPool  # official: background characters minus the validation ones; vinyals: its 1,028 x 4
     val: TaskPool  # held-out characters: model selection only
     test: TaskPool  # official: images_evaluation; vinyals: its 423 x 4 characters; >= 600 tasks
-    test_seed: TaskPool  # the same characters as test, the seed's 100 tasks
+    test_seed: TaskPool  # the same characters as test, 100 tasks: the seed's count, drawn here
     train_images: torch.Tensor  # uint8 (characters, 20, H, W) of the training characters
 
 
@@ -292,8 +292,8 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
 
 
 def analysis_tasks(pools: TaskPools, config: Config) -> TaskPool:
-    """The tasks of the analyses (ablations, ANIL vs MAML, freezing, CKA): ``pools.test``, or the seed's 100
-    ``pools.test_seed`` to fit a CPU budget (``config.analysis_pool``)."""
+    """The tasks of the analyses (ablations, ANIL vs MAML, freezing, CKA): ``pools.test``, or the 100 of the seed's
+    count drawn here, ``pools.test_seed``, to fit a CPU budget (``config.analysis_pool``)."""
     return getattr(pools, config.analysis_pool)
 
 

@@ -19,7 +19,14 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.compare import ScenarioRecord, comparison_table, training_accuracy
+from evaluation.compare import (
+    LOSS_WINDOW,
+    MIN_LOSS_ITERATIONS,
+    ScenarioRecord,
+    comparison_table,
+    smoothed_loss,
+    training_accuracy,
+)
 from utils.config import Config
 
 SEED_SCENARIOS = ("S1", "S2", "S3", "S4")
@@ -76,6 +83,13 @@ SEED_PROTOCOL: dict[str, Any] = {
 }
 
 RunGetter = Any  # (record, its comparison_table column) -> value
+# This run's initial and final losses are smoothed as in comparison_table (a single iteration's loss is one noisy
+# meta-batch); the seed's are as it reported them. The labels say so.
+SMOOTHED = f"≥ {MIN_LOSS_ITERATIONS} it.; seed: as reported"
+INITIAL_LOSS_ROW = f"Loss: initial (this run: mean of first {LOSS_WINDOW:.0%}, {SMOOTHED})"
+FINAL_LOSS_ROW = f"Loss: final (this run: mean of last {LOSS_WINDOW:.0%}, {SMOOTHED})"
+# The seed's 100 test tasks are not known: this run's are 100 tasks of the same count, drawn here.
+SEED_TASKS = f"{SEED_TEST_TASKS} tasks; this run: the seed's count, drawn here"
 
 
 def _percent(value: float | None) -> float | None:
@@ -83,7 +97,7 @@ def _percent(value: float | None) -> float | None:
 
 
 def _seed_tasks_after(r: ScenarioRecord) -> float | None:
-    """Accuracy after adaptation on the seed's 100 tasks when measured, else on the standard pool."""
+    """Accuracy after adaptation on the 100 tasks of the seed's count when measured, else on the standard pool."""
     return _percent((r.test_seed or r.test).acc_after)
 
 
@@ -102,8 +116,8 @@ ROWS: dict[str, tuple[str | None, RunGetter, str]] = {
     "Training tasks": (None, lambda r, c: r.train_tasks, ",d"),
     "Iterations": (None, lambda r, c: r.train.iterations_done, ",d"),
     "Training accuracy (%, last 10% of iterations)": (None, lambda r, c: _percent(training_accuracy(r.train)), ".2f"),
-    "Loss: initial": ("initial_loss", lambda r, c: r.train.losses[0], ".4f"),
-    "Loss: final": ("final_loss", lambda r, c: r.train.losses[-1], ".4f"),
+    INITIAL_LOSS_ROW: ("initial_loss", lambda r, c: smoothed_loss(r.train.losses, "first"), ".4f"),
+    FINAL_LOSS_ROW: ("final_loss", lambda r, c: smoothed_loss(r.train.losses, "last"), ".4f"),
     "Loss: best (minimum)": ("best_loss", lambda r, c: min(r.train.losses), ".4f"),
     "Loss: maximum": ("max_loss", lambda r, c: max(r.train.losses), ".4f"),
     "Training time (s)": ("training_time_s", lambda r, c: r.train.wall_time_s, ",.2f"),
@@ -114,11 +128,11 @@ ROWS: dict[str, tuple[str | None, RunGetter, str]] = {
     "Memory vs S1": ("memory_vs_s1", lambda r, c: c["Memory vs reference (ratio, CUDA only)"], ".2f"),
     "Accuracy before adaptation (%)": ("accuracy_before_percent",
                                        lambda r, c: _percent((r.test_seed or r.test).acc_before), ".2f"),
-    "Accuracy after adaptation (%, seed's 100 tasks)": ("accuracy_after_percent",
-                                                        lambda r, c: _seed_tasks_after(r), ".2f"),
+    f"Accuracy after adaptation (%, {SEED_TASKS})": ("accuracy_after_percent", lambda r, c: _seed_tasks_after(r),
+                                                     ".2f"),
     "Accuracy after adaptation (%, standard pool)": (None, lambda r, c: _percent(r.test.acc_after), ".2f"),
     "95% CI (± points, standard pool)": (None, lambda r, c: _percent(r.test.ci_after), ".2f"),
-    "Gain (points, seed's 100 tasks)": ("gain_points", lambda r, c: _percent((r.test_seed or r.test).gain), "+.2f"),
+    f"Gain (points, {SEED_TASKS})": ("gain_points", lambda r, c: _percent((r.test_seed or r.test).gain), "+.2f"),
     "Rank: training loss (final, 1 = lowest)": ("rank_training_loss",
                                                 lambda r, c: c["Rank: training loss (final, 1 = lowest)"], "d"),
     "Rank: test accuracy (1 = highest)": ("rank_test_accuracy", lambda r, c: c["Rank: test accuracy (1 = highest)"],
@@ -210,7 +224,7 @@ def _accuracy_sentence(name: str, r: ScenarioRecord) -> str:
     """Whether the seed's accuracy of ``name`` lies within this run's 95% CI on the standard pool."""
     seed, acc, ci = SEED_REPORTED["accuracy_after_percent"][name], 100 * r.test.acc_after, 100 * r.test.ci_after
     on_seed_tasks = "" if r.test_seed is None else (
-        f", {100 * r.test_seed.acc_after:.1f}% on the {r.test_seed.num_tasks:,} tasks drawn like the seed's test set")
+        f", {100 * r.test_seed.acc_after:.1f}% on {r.test_seed.num_tasks:,} tasks drawn here (the seed's count)")
     if abs(acc - seed) <= ci:
         verdict = "**agrees**: the seed's figure lies within this run's 95% CI"
     else:

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from evaluation.seed_reference import (
+    FINAL_LOSS_ROW,
+    INITIAL_LOSS_ROW,
     RUN_COLUMN,
     SEED_COLUMN,
     SEED_REPORTED,
+    SEED_TASKS,
     format_seed_vs_run,
     protocol_differences,
     seed_agreement_markdown,
@@ -64,16 +67,16 @@ def test_table_puts_the_seed_beside_this_run_for_every_seed_scenario(records):
     config = PRESETS["seed"]
     table = seed_vs_run_table(records, config, "cuda (NVIDIA H200)")
     assert list(table.columns) == [(n, side) for n in ("S1", "S2", "S3", "S4") for side in (SEED_COLUMN, RUN_COLUMN)]
-    assert table.loc["Accuracy after adaptation (%, seed's 100 tasks)", ("S4", SEED_COLUMN)] == 90.45
-    assert table.loc["Accuracy after adaptation (%, seed's 100 tasks)", ("S2", RUN_COLUMN)] == pytest.approx(90.0)
+    assert table.loc[f"Accuracy after adaptation (%, {SEED_TASKS})", ("S4", SEED_COLUMN)] == 90.45
+    assert table.loc[f"Accuracy after adaptation (%, {SEED_TASKS})", ("S2", RUN_COLUMN)] == pytest.approx(90.0)
     assert table.loc["Iterations/s", ("S3", RUN_COLUMN)] == 1.0
     assert table.loc["Speed-up vs S1", ("S2", RUN_COLUMN)] == pytest.approx(1.5)  # ratios among S1-S4 only
     assert table.loc["Rank: speed (1 = fastest)", ("S2", RUN_COLUMN)] == 1
     assert table.loc["Peak memory (GiB)", ("S3", RUN_COLUMN)] == pytest.approx(1500 / 1024)
-    assert table.loc["Loss: initial", ("S1", SEED_COLUMN)] == "~1.6"
+    assert table.loc[INITIAL_LOSS_ROW, ("S1", SEED_COLUMN)] == "~1.6"
     assert table.loc["Parameters: total", ("S4", SEED_COLUMN)] == 11182405
     for label in ("Parameters: BatchNorm", "Loss: best (minimum)", "Training time (s)", "GPU usage (%)",
-                  "Memory vs S1", "Accuracy before adaptation (%)", "Gain (points, seed's 100 tasks)",
+                  "Memory vs S1", "Accuracy before adaptation (%)", f"Gain (points, {SEED_TASKS})",
                   "Rank: memory (1 = least)", "Params/task (thousands of trainable per training task)",
                   "Meta-overfitting"):
         assert label in table.index
@@ -122,3 +125,23 @@ def test_sentences_follow_the_numbers(records):
 def test_no_seed_scenario_is_a_clear_error(records):
     with pytest.raises(ValueError, match="No seed scenario"):
         seed_vs_run_table({"MAML": records["MAML"]}, PRESETS["seed"], "cpu")
+
+
+def test_both_tables_smooth_the_initial_and_final_losses_the_same_way(records):
+    from evaluation.compare import FINAL_LOSS, INITIAL_LOSS, comparison_table
+
+    losses = [3.0] * 5 + [2.0] * 90 + [1.0, 1.2, 0.8, 1.0, 5.0]  # one noisy last iteration
+    records["S3"].train = fake_train(losses, [0.5] * 100)
+    seed_side = seed_vs_run_table(records, PRESETS["seed"], "cpu")
+    compared = comparison_table({name: records[name] for name in ("S1", "S2", "S3", "S4")})
+    assert seed_side.loc[INITIAL_LOSS_ROW, ("S3", RUN_COLUMN)] == compared.loc[INITIAL_LOSS, "S3"] == 3.0
+    assert seed_side.loc[FINAL_LOSS_ROW, ("S3", RUN_COLUMN)] == compared.loc[FINAL_LOSS, "S3"] == pytest.approx(1.8)
+    for label in (INITIAL_LOSS_ROW, FINAL_LOSS_ROW, INITIAL_LOSS, FINAL_LOSS):
+        assert "5%" in label and "≥ 5 it." in label  # both labels name the smoothing
+    assert "seed: as reported" in INITIAL_LOSS_ROW
+
+
+def test_the_100_tasks_are_labelled_as_drawn_here(records):
+    text = seed_agreement_markdown(records, PRESETS["seed"], "cpu")
+    assert "drawn here (the seed's count)" in text and "drawn like the seed's" not in text
+    assert "drawn here" in SEED_TASKS
