@@ -309,9 +309,10 @@ class Playground:
         following.on_click(next_task)
         rows = [widgets.HBox([controls["scenario"], controls["task"], following]),
                 widgets.HBox([controls["steps"], controls["inner_lr"], controls["k_shot"]])]
-        # Stacked, each at most the output area's width: side by side they overflowed a 1,400 px window.
+        # Stacked, each at most the output area's width (side by side they overflowed a 1,400 px window), and at
+        # its own size otherwise: a VBox stretches its children, which blurred the small loss panel.
         for image in (predictions, losses):
-            image.layout = widgets.Layout(max_width="100%", height="auto")
+            image.layout = widgets.Layout(max_width="100%", height="auto", align_self="flex-start")
         return widgets.VBox([*rows, predictions, losses])
 
 
