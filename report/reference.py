@@ -21,9 +21,8 @@ from typing import Any
 import pandas as pd
 
 from utils.io import atomic_write_json
-
-REFERENCE_PATH = Path(__file__).resolve().parents[1] / "evaluation" / "converged_reference.json"
-REFERENCE_PRESET = "full"
+from utils.notebook_tools import CONVERGED_REFERENCE as REFERENCE_PATH
+from utils.notebook_tools import REFERENCE_PRESET
 
 
 def headline_numbers(accuracies: Mapping[str, float], anil_minus_maml: tuple[float, float, int],

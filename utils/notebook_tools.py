@@ -6,14 +6,20 @@ folder and result options reach the ``parameters`` cell through environment vari
 committed notebook is byte-for-byte the one that ran, and opening it in Jupyter and pressing "Run All" runs the
 same code. The run happens in the project root; afterwards the tool checks that no cell raised, strips
 volatile metadata (timings, kernel details) so that diffs show only real changes, and replaces the notebook
-atomically. ``make notebook`` calls it; ``make run`` (papermill, into ``executed/``) stays for readers who
-prefer ``-p`` overrides.
+atomically. Progress bars are dropped from the committed outputs: a static viewer (GitHub) shows a tqdm widget
+as its first frame, "0%", while every loop also prints a one-line summary that stays. With the ``full`` preset
+the run's headline numbers (``results/headline-full.json``, written by the notebook) become the converged
+reference (:data:`CONVERGED_REFERENCE`), with the date and commit added. ``make notebook`` calls it;
+``make run`` (papermill, into ``executed/``) stays for readers who prefer ``-p`` overrides.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +32,10 @@ from nbclient import NotebookClient
 from utils.io import atomic_write_text
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "anil_on_omniglot.ipynb"
+CONVERGED_REFERENCE = NOTEBOOK.parent / "evaluation" / "converged_reference.json"
+REFERENCE_PRESET = "full"  # the preset whose run is committed and serves as every other run's reference
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_PROGRESS_BAR = re.compile(r"^[^\n]*:\s*\d+%\|")  # tqdm's meter: "Training S1:   0%|      | 0/100 [..."
 VOLATILE_CELL_KEYS = ("papermill", "execution", "ExecuteTime")
 # What the parameters cell reads from the environment (see the notebook): option -> variable.
 ENV = {"preset": "ANIL_PRESET", "data_root": "OMNIGLOT_ROOT", "reuse_results": "ANIL_REUSE_RESULTS",
@@ -106,13 +116,63 @@ def strip_volatile(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return notebook
 
 
+def drop_progress_bars(notebook: nbformat.NotebookNode) -> int:
+    """Remove tqdm's widget outputs and the saved widget state; returns how many outputs were removed.
+
+    A static viewer shows such an output as its text fallback, the bar's first frame ("0%"), whatever the loop
+    did; the one-line summaries that the loops print stay.
+    """
+    removed = 0
+    for cell in notebook.cells:
+        kept = [o for o in cell.get("outputs", [])
+                if not (WIDGET_VIEW in o.get("data", {})
+                        and _PROGRESS_BAR.match("".join(o["data"].get("text/plain", ""))))]
+        removed += len(cell.get("outputs", [])) - len(kept)
+        if cell.cell_type == "code":
+            cell.outputs = kept
+    notebook.metadata.pop("widgets", None)
+    return removed
+
+
+def git_commit(folder: Path) -> str:
+    """The short commit of ``folder``'s checkout, with ``+changes`` when the working tree differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def write_reference(headline: Path, destination: Path = CONVERGED_REFERENCE) -> Path:
+    """Copy a ``full`` run's headline numbers to the converged reference, adding the date and the commit.
+
+    Raises:
+        FileNotFoundError: the run wrote no headline file (it names the file and the fix).
+    """
+    if not headline.is_file():
+        raise FileNotFoundError(f"{headline.resolve()} is missing: the notebook's last cell writes it; "
+                                "run the whole notebook with the full preset first.")
+    numbers = json.loads(headline.read_text(encoding="utf-8"))
+    numbers |= {"date": datetime.now().date().isoformat(), "commit": git_commit(destination.parent)}
+    atomic_write_text(destination, json.dumps(numbers, indent=2, sort_keys=True) + "\n")
+    return destination
+
+
 def run_and_commit(preset: str, data_root: str, notebook: Path = NOTEBOOK) -> float:
-    """Execute ``notebook`` with ``preset`` from scratch (no cached results) and replace it; returns seconds."""
+    """Execute ``notebook`` with ``preset`` from scratch (no cached results) and replace it; returns seconds.
+
+    A ``full`` run also refreshes the converged reference (:func:`write_reference`).
+    """
     started = time.perf_counter()
-    env = {ENV["preset"]: preset, ENV["data_root"]: data_root, ENV["reuse_results"]: "0", ENV["headless"]: "1"}
+    results = notebook.parent / "results"
+    env = {ENV["preset"]: preset, ENV["data_root"]: data_root, ENV["reuse_results"]: "0", ENV["headless"]: "1",
+           ENV["results_dir"]: str(results)}
     executed = execute(notebook, env, cwd=notebook.parent)
     print(slowest_cells(executed), flush=True)
+    drop_progress_bars(executed)
     atomic_write_text(notebook, nbformat.writes(strip_volatile(executed)))
+    if preset == REFERENCE_PRESET:
+        print(f"Converged reference: {write_reference(results / f'headline-{preset}.json')}")
     return time.perf_counter() - started
 
 
