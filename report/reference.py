@@ -81,7 +81,10 @@ def load_reference(path: str | Path = REFERENCE_PATH) -> dict[str, Any] | None:
 
 
 def reference_label(reference: Mapping[str, Any]) -> str:
-    """How the reference is named beside a run, e.g. ``converged reference (full preset, AMD EPYC (AVX2), 2026-12-02)``."""
+    """How the reference is named beside a run.
+
+    Example: ``converged reference (full preset, AMD EPYC (AVX2), 2026-12-02)``.
+    """
     return f"converged reference ({reference['preset']} preset, {reference['machine']}, {reference['date']})"
 
 
