@@ -142,3 +142,23 @@ def save_table(table: pd.DataFrame, results_dir: str | os.PathLike, name: str) -
     document = {"table": json.loads(table.to_json(orient="columns")), "notes": table.attrs.get("notes", [])}
     csv_path = atomic_write_text(base.with_suffix(".csv"), table.to_csv())
     return csv_path, atomic_write_json(base.with_suffix(".json"), document)
+
+
+def changed_fields(results_dir: str | os.PathLike, scenario: str, config: Any) -> dict[str, tuple[Any, Any]]:
+    """How ``config`` differs from the newest cached run of ``scenario``: field -> ``(cached, now)``.
+
+    Empty when there is no readable cached run, or when only settings other than the configuration differ.
+    Tells a reader who changed a parameter why a scenario retrains.
+    """
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", scenario).strip("-") or "scenario"
+    candidates = sorted(Path(results_dir).glob(f"{slug}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    now = _config_dict(config)
+    for path in candidates:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            cached = document["config"] if document.get("scenario") == scenario else None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(cached, dict):
+            return {k: (cached.get(k), v) for k, v in now.items() if cached.get(k) != v}
+    return {}
