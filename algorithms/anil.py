@@ -29,7 +29,7 @@ Semantics (tested against a plain per-task loop in ``tests/test_anil.py``):
   tensors on the learner's device and never reads a GPU value on the host: a meta-batch's shapes are validated
   every time, its labels only the first time a signature (shapes, dtypes, device) is seen on an accelerator
   (always on a CPU, where the check costs no synchronisation). The training loop reads the statistics in batches
-  (:mod:`evaluation.training`).
+  (:mod:`experiments.training`).
 * **CUDA graphs.** With ``cuda_graph="auto"`` (the default) a learner on CUDA runs two eager steps, then captures
   the whole meta-train step (forward, backward, capturable Adam) in one CUDA graph and replays it for every
   meta-batch of the same shape (:mod:`algorithms.cuda_graph`); it falls back to eager steps with a one-line

@@ -105,7 +105,7 @@ def paired_summary(per_task: pd.DataFrame, reference: str = FREEZING_COLUMNS[0])
     """Mean and 95% CI of each column, and of each column's per-task difference from ``reference`` (paired).
 
     The differences are :func:`evaluation.evaluate.paired_difference`, the helper behind every paired sentence of
-    :mod:`evaluation.narrative`: narrower than the two accuracies' CIs when tasks vary in difficulty. An interval
+    :mod:`report.narrative`: narrower than the two accuracies' CIs when tasks vary in difficulty. An interval
     that contains 0 means not distinguishable.
 
     Args:

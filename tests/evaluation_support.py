@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from algorithms.anil import ANIL
-from evaluation.compare import ScenarioRecord
 from evaluation.evaluate import EvalResult, confidence_interval
-from evaluation.training import TrainResult, train
+from experiments.records import ScenarioRecord, TrainResult
+from experiments.training import train
 from utils.data import OmniglotSplit
 from utils.networks import ImageBody, create_anil_network, parameter_table
 from utils.tasks import TaskPool, make_task_pool
@@ -37,7 +37,7 @@ def make_pool(split: OmniglotSplit, num_tasks: int, seed: int, k_query: int = 2,
 
 
 def run(learner: Any, pool: TaskPool, iterations: int, meta_batch_size: int = 2, seed: int = 0, **kwargs: Any):
-    """:func:`evaluation.training.train` on the CPU without a progress bar, scenario ``"S1"`` by default."""
+    """:func:`experiments.training.train` on the CPU without a progress bar, scenario ``"S1"`` by default."""
     options = {"scenario": "S1", "progress": False, **kwargs}
     generator = torch.Generator().manual_seed(seed)
     return train(learner, pool, iterations, meta_batch_size, generator=generator, device="cpu", **options)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from algorithms.maml import MAML
-from evaluation.playground import (
+from report.playground import (
     Playground,
     adapt_and_plot,
     figure_png,
@@ -139,7 +139,7 @@ def test_in_a_kernel_the_widget_is_shown_with_its_png_fallback(learner, pool, mo
     """What a kernel gets (the path that crashed under Run All): one output, the live widget plus a PNG."""
     import IPython.display
 
-    from evaluation import playground as module
+    from report import playground as module
 
     shown = []
     monkeypatch.delenv("ANIL_HEADLESS", raising=False)

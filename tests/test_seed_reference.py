@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from evaluation.seed_reference import (
+from report.seed_reference import (
     RUN_COLUMN,
     SEED_COLUMN,
     SEED_REPORTED,

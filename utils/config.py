@@ -22,7 +22,7 @@ Presets (outer iterations per scenario S1 / S2 / S3-S4 / MAML in brackets):
 * ``"auto"``: ``"seed"`` on CUDA, so a GPU user first sees the seed's experiment reproduced; ``"quick"`` elsewhere.
 
 Pre-training (``pretrain_*`` fields) only matters when S3/S4 fall back to a body pre-trained on the Omniglot
-background characters (:mod:`evaluation.pretrain`); it never touches the evaluation alphabets.
+background characters (:mod:`experiments.pretrain`); it never touches the evaluation alphabets.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-LR_SCHEDULES = ("constant", "cosine")  # outer learning-rate schedules (evaluation.training)
-ANALYSIS_POOLS = ("test", "test_seed")  # task pools (evaluation.scenarios.TaskPools) the analyses may use
+LR_SCHEDULES = ("constant", "cosine")  # outer learning-rate schedules (experiments.training)
+ANALYSIS_POOLS = ("test", "test_seed")  # task pools (experiments.scenarios.TaskPools) the analyses may use
 
 
 @dataclass(frozen=True)

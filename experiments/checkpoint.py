@@ -69,7 +69,7 @@ def save_checkpoint(
         path: destination file.
         learner: the learner whose body, head and optimizer are saved.
         metadata: :func:`checkpoint_metadata` of the run.
-        order: the task order's state (see ``evaluation.training.TaskOrder.state_dict``).
+        order: the task order's state (see ``experiments.training.TaskOrder.state_dict``).
         progress: iteration index, history and resource statistics.
     """
     payload = {
@@ -103,7 +103,7 @@ def _read_payload(path: Path) -> dict[str, Any]:
         first_line = (str(err).strip().splitlines() or [""])[0][:200]
         raise ValueError(
             f"Checkpoint {path} cannot be read ({type(err).__name__}: {first_line}); it is corrupt or not a "
-            "checkpoint written by evaluation.training.train. Delete it, or pass resume_from=None."
+            "checkpoint written by experiments.training.train. Delete it, or pass resume_from=None."
         ) from err
     missing = [key for key in _PAYLOAD_KEYS if not isinstance(payload, dict) or key not in payload]
     if not missing and not isinstance(payload["metadata"], dict):

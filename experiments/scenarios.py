@@ -25,11 +25,11 @@ from torch import nn
 
 from algorithms.anil import ANIL
 from algorithms.maml import MAML, MAMLLayout
-from evaluation.compare import ScenarioRecord
 from evaluation.evaluate import EvalResult, evaluate, evaluate_with_curve
-from evaluation.pretrain import pretrain_body, spread_characters
-from evaluation.results import load_cached, result_key, result_path, save_result
-from evaluation.training import train
+from experiments.pretrain import pretrain_body, spread_characters
+from experiments.records import ScenarioRecord
+from experiments.results import load_cached, result_key, result_path, save_result
+from experiments.training import train
 from utils.config import Config
 from utils.data import OmniglotSplit, split_characters
 from utils.io import atomic_torch_save, display_path, error_path
@@ -157,7 +157,7 @@ class PretrainedBody:
 
     state_dict: dict[str, torch.Tensor]  # ResNet18 body weights, on the CPU
     source: str  # labels every table and plot, e.g. "Omniglot background, supervised (held-out drawings 87.3%)"
-    stats: dict | None = None  # evaluation.pretrain's pretrain_stats; None for ImageNet or random weights
+    stats: dict | None = None  # experiments.pretrain's pretrain_stats; None for ImageNet or random weights
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -188,7 +188,7 @@ def load_pretrained_body(pretrained: str, config: Config, train_images: torch.Te
 
     Args:
         pretrained: ``"imagenet"``, a path to torchvision's ``resnet18-f37072fd.pth``, ``"omniglot"`` (supervised
-            pre-training on the background characters, see :mod:`evaluation.pretrain`) or ``"none"``.
+            pre-training on the background characters, see :mod:`experiments.pretrain`) or ``"none"``.
         config: run configuration (seed, image size, ``pretrain_*`` fields).
         train_images: uint8 background training characters ``(characters, 20, H, W)`` (validation ones excluded).
         device: where pre-training runs.

@@ -12,7 +12,7 @@ give an identical loss history. On CUDA, cuDNN's default kernels are non-determi
 20-step runs on an H200 differed by up to 0.02 in a weight); with ``torch.use_deterministic_algorithms(True)``
 and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` runs, and resumed runs, were bit-identical there too. A checkpoint
 stores the generator state, the current epoch's permutation and the position in it
-(:mod:`evaluation.checkpoint`), so an interrupted and resumed run ends bit-identical to an uninterrupted one.
+(:mod:`experiments.checkpoint`), so an interrupted and resumed run ends bit-identical to an uninterrupted one.
 
 Stopping: ``KeyboardInterrupt`` (the notebook's stop button, or raised by ``callback``) ends training cleanly:
 the history so far is kept, a final checkpoint is written when a path was given, and the result has
@@ -48,10 +48,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from evaluation.checkpoint import checkpoint_metadata, read_checkpoint, restore_learner, save_checkpoint
 from evaluation.evaluate import evaluate
 from evaluation.resources import ResourceMonitor, device_name
-from evaluation.serialise import dataclass_kwargs
+from experiments.checkpoint import checkpoint_metadata, read_checkpoint, restore_learner, save_checkpoint
+from experiments.records import TrainResult
 from utils.config import LR_SCHEDULES
 from utils.io import display_path, ensure_writable_dir, error_path
 from utils.tasks import TaskPool
@@ -63,52 +63,6 @@ Callback = Callable[[int, dict[str, float]], None]
 
 class NonFiniteLossError(FloatingPointError):
     """The meta-training loss became NaN or infinite (usually a learning rate that is too high)."""
-
-
-@dataclass
-class TrainResult:
-    """History and cost of one training run; JSON-serialisable through :meth:`to_dict`.
-
-    Attributes:
-        scenario: scenario name, e.g. ``"S1"``.
-        losses: meta-training loss of every iteration (query loss after adaptation).
-        accs: meta-training query accuracy of every iteration.
-        val_history: ``{"iteration", "acc", "ci", "wall_time_s", "per_task"}`` per validation (accuracy after
-            adaptation on the validation pool, training seconds so far as in ``wall_time_s``, per-task
-            accuracies); results saved before these last two keys existed lack them.
-        wall_time_s: seconds spent in training steps (validation and checkpoint writes excluded).
-        iterations_per_s: ``iterations_done / wall_time_s``.
-        peak_memory_mb: peak memory in MiB, see ``memory_kind``.
-        memory_kind: ``"cuda_max_allocated"`` or ``"cpu_peak_rss"`` (whole-process resident set).
-        gpu_utilisation: mean NVML GPU utilisation in percent, ``None`` when not measured.
-        device: device description.
-        interrupted: training was stopped by ``KeyboardInterrupt``.
-        iterations_done: completed iterations, ``len(losses)``.
-        iterations_planned: the ``iterations`` argument.
-    """
-
-    scenario: str
-    losses: list[float]
-    accs: list[float]
-    val_history: list[dict[str, Any]]
-    wall_time_s: float
-    iterations_per_s: float
-    peak_memory_mb: float
-    memory_kind: str
-    gpu_utilisation: float | None
-    device: str
-    interrupted: bool
-    iterations_done: int
-    iterations_planned: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
-        """Inverse of :meth:`to_dict`; ``ValueError`` naming missing fields."""
-        return cls(**dataclass_kwargs(cls, data))
 
 
 class TaskOrder:

@@ -19,15 +19,15 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.compare import (
+from evaluation.evaluate import paired_difference
+from evaluation.feature_reuse import FREEZING_COLUMNS
+from report.compare import (
     ScenarioRecord,
     comparable_memory,
     equal_budget_points,
     loss_window_size,
     smoothed_loss,
 )
-from evaluation.evaluate import paired_difference
-from evaluation.feature_reuse import FREEZING_COLUMNS
 
 SEED_SPEEDUP = (3.0, 10.0)  # the seed's claimed ANIL-over-MAML training speed-up
 SEED_ACC_RATIO = (0.95, 0.98)  # the seed's claimed ANIL/MAML accuracy ratio
