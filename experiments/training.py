@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from algorithms.learner import TrainableLearner
 from evaluation.evaluate import evaluate
 from evaluation.resources import ResourceMonitor, device_name
 from experiments.checkpoint import checkpoint_metadata, read_checkpoint, restore_learner, save_checkpoint
@@ -142,15 +143,6 @@ def outer_lr_factor(schedule: str, iteration: int, iterations: int) -> float:
     return 1.0
 
 
-def set_outer_lr(learner: Any, value: float) -> None:
-    """Set the learner's Adam rate: through ``learner.set_outer_lr`` when it has one (a CUDA graph reads a tensor)."""
-    if hasattr(learner, "set_outer_lr"):
-        learner.set_outer_lr(value)
-        return
-    for group in learner.optimizer.param_groups:
-        group["lr"] = value
-
-
 def _to_floats(values: list[Any]) -> list[float]:
     """Python floats of ``values`` (floats or 0-d tensors), reading every tensor in one transfer."""
     tensors = [v.reshape(1) for v in values if isinstance(v, torch.Tensor)]
@@ -163,7 +155,8 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
-def _check_arguments(learner: Any, pool: TaskPool, iterations: int, meta_batch_size: int, **counts: Any) -> None:
+def _check_arguments(learner: TrainableLearner, pool: TaskPool, iterations: int, meta_batch_size: int,
+                     **counts: Any) -> None:
     """Reject bad arguments before any compute, naming the value and how to fix it."""
     _check_count("iterations", iterations, 1)
     _check_count("meta_batch_size", meta_batch_size, 1)
@@ -196,7 +189,7 @@ def _smoothed(running: dict[str, float], stats: dict[str, float]) -> dict[str, f
 class _Trainer:
     """One training run; :meth:`run` is the loop, the other methods its parts."""
 
-    def __init__(self, learner: Any, pool: TaskPool, order: TaskOrder, settings: _Settings) -> None:
+    def __init__(self, learner: TrainableLearner, pool: TaskPool, order: TaskOrder, settings: _Settings) -> None:
         self.learner, self.pool, self.order, self.settings = learner, pool, order, settings
         self.state, self.monitor = _RunState(), ResourceMonitor(settings.device)
         self.order_state = order.state_dict()  # the task order after the last *completed* iteration
@@ -228,7 +221,7 @@ class _Trainer:
         started = time.perf_counter()
         tasks = self.pool.batch(self.order.next_indices(), self.settings.device)
         factor = outer_lr_factor(self.settings.lr_schedule, self.state.iteration, self.settings.iterations)
-        set_outer_lr(self.learner, self.learner.outer_lr * factor)
+        self.learner.set_outer_lr(self.learner.outer_lr * factor)
         stats = self.learner.meta_train_step(tasks)
         self.monitor.sample()
         self.state.wall_time_s += time.perf_counter() - started
@@ -379,7 +372,7 @@ class _Trainer:
 
 
 def train(
-    learner: Any,
+    learner: TrainableLearner,
     task_pool: TaskPool,
     iterations: int,
     meta_batch_size: int,
@@ -399,7 +392,8 @@ def train(
     """Meta-train ``learner`` for ``iterations`` outer steps on meta-batches of ``task_pool``.
 
     Args:
-        learner: an ANIL or MAML learner (``meta_train_step``, ``body``, ``head``, ``optimizer``).
+        learner: an ANIL or MAML learner (:class:`algorithms.learner.TrainableLearner`); every step sets its outer
+            rate through ``learner.set_outer_lr``.
         task_pool: the fixed training tasks.
         iterations: total outer steps; a resumed run continues up to this number.
         meta_batch_size: tasks per outer step.

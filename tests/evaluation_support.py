@@ -1,4 +1,4 @@
-"""Builders shared by the tests of the ``evaluation`` package: tiny learners, task pools and records."""
+"""Builders shared by the tests of ``evaluation``, ``experiments`` and ``report``: tiny learners, pools, records."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from algorithms.anil import ANIL
+from algorithms.learner import Learner, TrainableLearner
 from evaluation.evaluate import EvalResult, confidence_interval
 from experiments.records import ScenarioRecord, TrainResult
 from experiments.training import train
@@ -36,14 +37,15 @@ def make_pool(split: OmniglotSplit, num_tasks: int, seed: int, k_query: int = 2,
     return make_task_pool(split.images, num_tasks, n_way, 1, k_query, torch.Generator().manual_seed(seed))
 
 
-def run(learner: Any, pool: TaskPool, iterations: int, meta_batch_size: int = 2, seed: int = 0, **kwargs: Any):
+def run(learner: TrainableLearner, pool: TaskPool, iterations: int, meta_batch_size: int = 2, seed: int = 0,
+        **kwargs: Any):
     """:func:`experiments.training.train` on the CPU without a progress bar, scenario ``"S1"`` by default."""
     options = {"scenario": "S1", "progress": False, **kwargs}
     generator = torch.Generator().manual_seed(seed)
     return train(learner, pool, iterations, meta_batch_size, generator=generator, device="cpu", **options)
 
 
-def state_tensors(learner: Any) -> dict[str, torch.Tensor]:
+def state_tensors(learner: Learner) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of body and head."""
     return {
         **{f"body.{k}": v for k, v in learner.body.state_dict().items()},

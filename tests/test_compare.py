@@ -21,7 +21,7 @@ from evaluation_support import fake_eval, fake_record, fake_train, make_anil, ma
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evaluation.evaluate import adaptation_curve, evaluate
+from evaluation.evaluate import evaluate_with_curve
 from experiments.records import ScenarioRecord
 from experiments.results import load_cached, result_key, result_path, save_result, save_table
 from report.compare import (
@@ -62,6 +62,7 @@ def records(background28, evaluation28) -> dict[str, ScenarioRecord]:
     for name, freeze, source, every in (("S1", False, "random", 3), ("S2", True, SOURCE, 2)):
         learner = make_anil(freeze_body=freeze)
         train_result = run(learner, train_pool, iterations=3, scenario=name, val_pool=val_pool, val_every=every)
+        test, curve = evaluate_with_curve(learner, test_pool, 3, device="cpu", nil=True, progress=False)
         out[name] = ScenarioRecord(
             name=name,
             description=f"conv4, {'frozen body' if freeze else 'full ANIL'}",
@@ -69,9 +70,9 @@ def records(background28, evaluation28) -> dict[str, ScenarioRecord]:
             pretrained_source=source,
             params=parameter_table(learner.body, learner.head),
             train=train_result,
-            test=evaluate(learner, test_pool, device="cpu", nil=True, progress=False),
+            test=test,
             train_tasks=len(train_pool),
-            adaptation_curve=adaptation_curve(learner, test_pool, 3, device="cpu", progress=False),
+            adaptation_curve=curve,
             meta_batch_size=2,
         )
     return out

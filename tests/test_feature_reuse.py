@@ -110,7 +110,7 @@ def test_trained_learner_reloads_the_weights_run_scenario_trained(background28, 
     pools = make_pools(background28, evaluation28, config)
     record = run_scenario(MAML_SPEC, config, pools, "cpu", results_dir=tmp_path, progress=False, maml_layout="loop")
     learner = trained_learner(MAML_SPEC, config, "cpu", pools=pools, results_dir=tmp_path, maml_layout="vmap")
-    assert isinstance(learner, MAML) and learner.layout == "vmap"
+    assert learner.adapts == "all" and learner.layout == "vmap"  # MAML, rebuilt in the requested layout
     # MAML is an analysis: scored on config.analysis_pool's tasks (the seed's 2 here, like quick's 100).
     again = evaluate(learner, analysis_tasks(pools, config), device="cpu", steps=1, progress=False)
     assert len(again.per_task_after) == 2
