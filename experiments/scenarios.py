@@ -215,16 +215,6 @@ def load_pretrained_body(pretrained: str, config: Config, train_images: torch.Te
                           body.pretrain_stats)
 
 
-def resolve_pretrained_body(pretrained: str, config: Config, train_images: torch.Tensor, device: torch.device,
-                            cache_dir: str | Path, progress: bool = True) -> tuple[dict, str]:
-    """``(body_state_dict, source)`` of :func:`load_pretrained_body`, for callers that need no statistics.
-
-    The held-out accuracy of an Omniglot pre-training is printed, and carried in ``source``.
-    """
-    loaded = load_pretrained_body(pretrained, config, train_images, device, cache_dir, progress)
-    return loaded.state_dict, loaded.source
-
-
 def make_learner(spec: ScenarioSpec, body: nn.Module, head: nn.Linear, config: Config,
                  maml_layout: MAMLLayout = "auto") -> ANIL | MAML:
     """The ANIL (or MAML) learner of a scenario, with the configuration's learning rates and steps.
@@ -356,7 +346,7 @@ def evaluate_untrained_head(body_state: Mapping[str, torch.Tensor] | None, sourc
     NIL on the same body. BatchNorm normalises each set with its own statistics, as for the trained scenarios.
 
     Args:
-        body_state: the pretrained body's weights (:func:`resolve_pretrained_body`), ``None`` for a random body.
+        body_state: the pretrained body's weights (:func:`load_pretrained_body`), ``None`` for a random body.
         source: where they come from (labels only).
         config: run configuration (seed, n_way, inner_lr, test_inner_steps).
         pool: evaluation tasks, e.g. ``pools.test``.
