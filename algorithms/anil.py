@@ -125,9 +125,9 @@ class ANIL(OuterLoop):
             grouped step from 29.5 to 28.8 ms, 2%, within the run-to-run spread
             (``benchmarks/measured/gpu_h200_levers_105.csv``).
         compile_body: run the ``"grouped"`` body forward through :func:`torch.compile` (other layouts ignore it).
-            Off: it has never been timed on a GPU (``benchmarks/gpu_run.sh`` times it last), and on a CPU its
-            first step took 45 s to compile for the same losses (``benchmarks/README.md``), longer than a whole
-            smoke run of the notebook.
+            Off: it has never been timed on a GPU (``benchmarks/gpu_run.sh`` times it last), and on a CPU, whose
+            layout is not ``"grouped"`` anyway, its first step took 45 s to compile for the same losses
+            (``benchmarks/README.md``).
         fused_bn: with the ``"grouped"`` layout, normalise each set through
             :class:`algorithms.features.GroupedNorm`, whose written-out backward makes fewer passes over the
             activations than autograd's (same numbers). On by default wherever the grouped layout runs: on a CPU it
