@@ -36,8 +36,10 @@ run: $(STAMP)
 test: $(TEST_STAMP) lint
 	$(PYTHON) -m pytest
 
+## lint: ruff, then import-linter's layers and no-cycle contracts (pyproject.toml, [tool.importlinter]).
 lint: $(TEST_STAMP)
 	$(PYTHON) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 ## notebook: regenerate the committed notebook's outputs from a clean run of the "quick" preset; the notebook runs
 ## exactly as committed (nbclient, nothing injected): the preset reaches it through ANIL_PRESET.

@@ -25,11 +25,12 @@ Semantics (tested against a plain per-task loop in ``tests/test_anil.py``):
   as if every set were forwarded alone in train mode (as in the MAML and ANIL reference code); tasks never share
   statistics. Evaluation uses the same policy by default; ``eval_bn="running"`` uses running statistics instead.
   See :mod:`algorithms.features`.
-* **No host synchronisation.** :meth:`ANIL.meta_train_step` returns its loss and accuracy as detached 0-d
-  tensors on the learner's device and never reads a GPU value on the host: a meta-batch's shapes are validated
-  every time, its labels only the first time a signature (shapes, dtypes, device) is seen on an accelerator
-  (always on a CPU, where the check costs no synchronisation). The training loop reads the statistics in batches
-  (:mod:`evaluation.training`).
+* **No host synchronisation.** :meth:`ANIL.meta_train_step` (the outer step of
+  :class:`algorithms.learner.OuterLoop`, which MAML shares; ANIL supplies ``_step``) returns its loss and accuracy
+  as detached 0-d tensors on the learner's device and never reads a GPU value on the host: a meta-batch's shapes
+  are validated every time, its labels only the first time a signature (shapes, dtypes, device) is seen on an
+  accelerator (always on a CPU, where the check costs no synchronisation). The training loop reads the statistics
+  in batches (:mod:`experiments.training`).
 * **CUDA graphs.** With ``cuda_graph="auto"`` (the default) a learner on CUDA runs two eager steps, then captures
   the whole meta-train step (forward, backward, capturable Adam) in one CUDA graph and replays it for every
   meta-batch of the same shape (:mod:`algorithms.cuda_graph`); it falls back to eager steps with a one-line
@@ -39,26 +40,18 @@ Semantics (tested against a plain per-task loop in ``tests/test_anil.py``):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from algorithms.cuda_graph import GraphedStep, GraphMode, make_capturable, resolve_graph_mode, set_outer_lr
+from algorithms.cuda_graph import GraphMode
 from algorithms.features import BNMode, Layout, resolve_layout, set_features
+from algorithms.learner import Adapts, HeadParams, HeadPath, OuterLoop, check_lr
 from utils.networks import freeze_body as freeze_body_weights
 
 LARGE_IMAGE = 64  # image side from which a CPU meta-batch is back-propagated one task at a time
-
-
-class HeadParams(NamedTuple):
-    """Per-task head parameters: ``weight (tasks, n_way, features)``, ``bias (tasks, n_way)``."""
-
-    weight: Tensor
-    bias: Tensor
 
 
 def head_logits(features: Tensor, head: HeadParams) -> Tensor:
@@ -104,79 +97,6 @@ def inner_loop(
     return fast
 
 
-def _check_lr(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
-    return float(value)
-
-
-class OuterLoop:
-    """The outer loop's machinery shared by :class:`ANIL` and :class:`algorithms.maml.MAML`.
-
-    Adam over the trainable parameters, checked meta-batches, and on CUDA a :class:`GraphedStep` that captures the
-    learner's ``_step(*tasks) -> (loss, acc)`` (see :mod:`algorithms.cuda_graph`). A subclass sets ``body``,
-    ``head``, ``device`` and ``outer_lr``, defines ``_step``, and calls :meth:`_setup_outer_loop` in its
-    ``__init__``.
-    """
-
-    body: nn.Module
-    head: nn.Linear
-    device: torch.device
-    outer_lr: float
-
-    def _setup_outer_loop(self, params: list[nn.Parameter], cuda_graph: GraphMode, name: str) -> None:
-        """Create the Adam optimizer, capturable with a GPU learning rate when the step is graphed."""
-        self._validated: set[tuple] = set()  # meta-batch signatures whose labels were checked
-        self._graph: GraphedStep | None = None
-        if resolve_graph_mode(cuda_graph, self.device):
-            # A graph reads the learning rate from GPU memory, so the schedule updates this tensor in place.
-            self._lr = torch.tensor(self.outer_lr, dtype=torch.float32, device=self.device)
-            self.optimizer = torch.optim.Adam(params, lr=self._lr, capturable=True)
-            self._graph = GraphedStep(self._step, self._graph_state, self._prepare_graph,
-                                      strict=cuda_graph is True, name=name)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=self.outer_lr)
-
-    def _step(self, *tasks: Tensor) -> Tensor:
-        """The meta-train step, free of host synchronisation: ``(loss, acc)`` as one tensor ``(2,)``."""
-        raise NotImplementedError(f"{type(self).__name__} must define _step.")
-
-    @property
-    def graph_captured(self) -> bool:
-        """Whether :meth:`meta_train_step` currently replays a CUDA graph."""
-        return self._graph is not None and self._graph.captured
-
-    def set_outer_lr(self, value: float) -> None:
-        """Set the Adam learning rate for the next steps (the training loop's schedule calls this every step).
-
-        With a CUDA graph the rate is a GPU tensor written in place, so a captured step sees the new value.
-        """
-        if self._graph is not None and self.optimizer.param_groups[0]["lr"] is not self._lr:
-            self._prepare_graph()  # e.g. after optimizer.load_state_dict brought back a float rate
-        set_outer_lr(self.optimizer, value)
-
-    def _prepare_graph(self) -> None:
-        make_capturable(self.optimizer, self._lr)
-
-    def _graph_state(self) -> list[Tensor]:
-        """Every tensor a captured step reads or updates in place (their addresses must not change)."""
-        tensors = [*self.body.parameters(), *self.head.parameters(), *self.body.buffers()]
-        for group in self.optimizer.param_groups:
-            tensors += [group["lr"]] if isinstance(group["lr"], Tensor) else []
-            for param in group["params"]:
-                tensors += [v for v in self.optimizer.state.get(param, {}).values() if isinstance(v, Tensor)]
-        return tensors
-
-    def _validate(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> None:
-        """:func:`validate_tasks`, once per signature off the CPU (its label checks synchronise a GPU)."""
-        tasks = (support_x, support_y, query_x, query_y)
-        key = tuple((tuple(t.shape), t.dtype, t.device) for t in tasks)
-        if key in self._validated and support_y.device.type != "cpu":
-            return
-        validate_tasks(*tasks, self.head.out_features, self.body)
-        self._validated.add(key)
-
-
 class ANIL(OuterLoop):
     """ANIL meta-learner: body learnt by the outer loop, linear head adapted per task.
 
@@ -201,14 +121,25 @@ class ANIL(OuterLoop):
             eager with a notice if capture fails); ``True`` requires it (``ValueError`` off CUDA,
             :class:`algorithms.cuda_graph.GraphCaptureError` when capture fails); ``False`` never captures.
         channels_last: keep the body and the images in ``channels_last`` with the ``"vmap"`` and ``"grouped"``
-            layouts (a speed option for GPUs, off until measured; ``"loop"`` on a CPU always uses it).
-        compile_body: run the ``"grouped"`` body forward through :func:`torch.compile` (a speed option, off
-            until measured; other layouts ignore it).
+            layouts (``"loop"`` on a CPU always uses it). Off: on an H200 (S2, 105×105, CUDA graph) it took the
+            grouped step from 29.5 to 28.8 ms, 2%, within the run-to-run spread
+            (``benchmarks/measured/gpu_h200_levers_105.csv``).
+        compile_body: run the ``"grouped"`` body forward through :func:`torch.compile` (other layouts ignore it).
+            Off: it has never been timed on a GPU (``benchmarks/gpu_run.sh`` times it last), and on a CPU, whose
+            layout is not ``"grouped"`` anyway, its first step took 45 s to compile for the same losses
+            (``benchmarks/README.md``).
         fused_bn: with the ``"grouped"`` layout, normalise each set through
             :class:`algorithms.features.GroupedNorm`, whose written-out backward makes fewer passes over the
-            activations than autograd's (same numbers; ``False`` is the autograd reference). A compiled body
-            uses the autograd formula, which the compiler fuses itself.
+            activations than autograd's (same numbers). On by default wherever the grouped layout runs: on a CPU it
+            cut the grouped S2 step by 19% and its memory by 27%
+            (``benchmarks/measured/cpu_2core_epyc_groupednorm_105.csv``). ``False`` is the autograd reference
+            that the tests compare against and ``benchmarks/`` times (lever ``autograd_bn``). A compiled body
+            uses the autograd formula, which the compiler fuses itself. Which layout ``"auto"`` picks, and why
+            never ``"grouped"`` yet, is :func:`algorithms.features.resolve_layout`'s docstring.
     """
+
+    adapts: Adapts = "head"
+    GRAPH_SETTINGS = ("inner_lr", "inner_steps", "first_order", "layout", "task_chunk", "amp_dtype", "freeze_body")
 
     def __init__(
         self,
@@ -236,7 +167,7 @@ class ANIL(OuterLoop):
         if not isinstance(inner_steps, int) or inner_steps < 0:
             raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}.")
         self.body, self.head = body, head
-        self.inner_lr, self.outer_lr = _check_lr("inner_lr", inner_lr), _check_lr("outer_lr", outer_lr)
+        self.inner_lr, self.outer_lr = check_lr("inner_lr", inner_lr), check_lr("outer_lr", outer_lr)
         self.inner_steps, self.first_order, self.freeze_body = inner_steps, first_order, freeze_body
         self.eval_bn, self.amp_dtype, self.freeze_batchnorm = eval_bn, amp_dtype, freeze_batchnorm
         if freeze_body:
@@ -250,6 +181,10 @@ class ANIL(OuterLoop):
         self.channels_last, self.compile_body, self.fused_bn = bool(channels_last), bool(compile_body), bool(fused_bn)
         self._compiled: nn.Module | None = None
         self._setup_outer_loop(self.trainable_parameters(), cuda_graph, "ANIL meta-train step")
+
+    def _begin_step(self, tasks: tuple[Tensor, ...]) -> None:
+        """Fix the layout and task chunk for the meta-batch's image size before a step (a graph's key holds them)."""
+        self._resolve_layout(tasks[0].shape[-1])
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the outer loop updates (frozen body weights excluded)."""
@@ -301,12 +236,32 @@ class ANIL(OuterLoop):
         """
         self._validate(support_x, support_y, support_x, support_y)
         steps = self.inner_steps if steps is None else steps
-        init = HeadParams(self.head.weight, self.head.bias)
-        return inner_loop(self.features(support_x, False), support_y, init, steps, self.inner_lr, True)
+        return self.adapt_head(self.features(support_x, False), support_y, self.initial_head(), steps)
 
     def predict(self, query_x: Tensor, fast: HeadParams) -> Tensor:
         """Query logits ``(tasks, n_query, n_way)`` of the adapted heads ``fast``."""
         return head_logits(self.features(query_x, False), fast)
+
+    def head_path(self) -> HeadPath:
+        """ANIL itself: its inner loop adapts only the linear head, on features the body computes once per set."""
+        return self
+
+    def initial_head(self) -> HeadParams:
+        """The shared head initialisation as a batch of one: ``weight (1, n_way, features)``, ``bias (1, n_way)``."""
+        return HeadParams(self.head.weight.unsqueeze(0), self.head.bias.unsqueeze(0))
+
+    def adapt_head(self, features: Tensor, labels: Tensor, head: HeadParams, steps: int) -> HeadParams:
+        """``steps`` more evaluation inner steps (first order, ``inner_lr``) from ``head`` on support features.
+
+        Args:
+            features: support features ``(tasks, n_way * k_shot, features)`` (:meth:`features`).
+            labels: support labels ``(tasks, n_way * k_shot)``.
+            head: where to start, e.g. :meth:`initial_head` or the head after fewer steps.
+            steps: further inner steps.
+        """
+        return inner_loop(features, labels, head, steps, self.inner_lr, first_order=True)
+
+    head_logits = staticmethod(head_logits)  # the fast path's logits: the module's batched linear head
 
     def meta_loss(self, tasks: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Differentiable mean query loss over tasks after adaptation, and the query accuracy; no step.
@@ -324,25 +279,6 @@ class ANIL(OuterLoop):
         logits = head_logits(self.features(query_x, training=True), fast)
         loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
         return loss, (logits.argmax(-1) == query_y).float().mean()
-
-    def meta_train_step(self, tasks: Sequence[Tensor]) -> dict[str, Tensor]:
-        """One outer step: zero_grad, meta_loss, backward, Adam step; replayed from a CUDA graph when captured.
-
-        Returns:
-            ``{"loss", "acc"}``, detached 0-d tensors on the learner's device (float32, or float64 when the tasks
-            were processed in several chunks); reading them (``float(...)``) synchronises a GPU, so the training
-            loop reads them in batches.
-        """
-        tasks = tuple(tasks)
-        self._resolve_layout(tasks[0].shape[-1])
-        self._validate(*tasks)
-        if self._graph is None:
-            stats = self._step(*tasks)
-        else:
-            settings = (self.inner_lr, self.inner_steps, self.first_order, self.layout, self.task_chunk,
-                        self.amp_dtype, self.freeze_body)
-            stats = self._graph(tasks, (tuple((t.shape, t.dtype, t.device) for t in tasks), settings))
-        return {"loss": stats[0], "acc": stats[1]}
 
     def _step(self, *tasks: Tensor) -> Tensor:
         """The meta-train step itself, free of host synchronisation; returns ``(loss, acc)`` as one tensor ``(2,)``.
@@ -366,37 +302,3 @@ class ANIL(OuterLoop):
                 total = stats if total is None else total + stats
         self.optimizer.step()
         return stats if total is None else total / num_tasks
-
-
-def _first_conv_channels(body: nn.Module) -> int | None:
-    conv = next((m for m in body.modules() if isinstance(m, nn.Conv2d)), None)
-    return None if conv is None else conv.in_channels
-
-
-def validate_tasks(
-    support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, n_way: int, body: nn.Module
-) -> None:
-    """Check a meta-batch before any compute; raise ``ValueError`` naming what is wrong.
-
-    Expects ``support_x (tasks, n_way * k_shot, C, H, W)``, ``support_y (tasks, n_way * k_shot)`` and the same
-    for the query set, with labels in ``[0, n_way)`` and ``C`` matching the body's first convolution.
-    """
-    channels = _first_conv_channels(body)
-    for name, x, y in (("support", support_x, support_y), ("query", query_x, query_y)):
-        if x.dim() != 5 or (channels is not None and x.shape[2] != channels):
-            raise ValueError(
-                f"{name}_x must have shape (tasks, n_images, {channels or 'C'}, H, W), got {tuple(x.shape)}."
-            )
-        if y.shape != x.shape[:2]:
-            raise ValueError(f"{name}_y must have shape {tuple(x.shape[:2])}, got {tuple(y.shape)}.")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_way):
-            raise ValueError(
-                f"{name}_y has labels in [{int(y.min())}, {int(y.max())}], outside [0, {n_way}): the head has "
-                f"{n_way} outputs. Build the head with num_classes equal to the tasks' n_way."
-            )
-    tasks_n_way = int(support_y.max()) + 1 if support_y.numel() else n_way
-    if tasks_n_way != n_way:
-        raise ValueError(
-            f"The head has {n_way} outputs but the tasks are {tasks_n_way}-way. "
-            "Build the head with num_classes equal to the tasks' n_way."
-        )

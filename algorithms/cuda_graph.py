@@ -10,7 +10,8 @@ recipe (``torch.cuda.graph`` documentation):
   state happens there, outside the capture); the capture then uses the same stream;
 * the step reads its inputs from static buffers, which every later call copies the new inputs into;
 * the optimizer must be ``capturable`` (its step counters live on the GPU), and a learning rate that changes
-  between replays must be a GPU tensor, updated in place (:func:`make_capturable`, :func:`set_outer_lr`);
+  between replays must be a GPU tensor, updated in place (:func:`make_capturable`, and
+  :meth:`algorithms.learner.OuterLoop.set_outer_lr`);
 * nothing inside the step may read a GPU value on the host (``.item()``, ``int(tensor)``).
 
 A graph is tied to the memory addresses it recorded. :class:`GraphedStep` therefore keeps one graph for one input
@@ -68,15 +69,6 @@ def make_capturable(optimizer: torch.optim.Optimizer, lr: Tensor) -> None:
             step = state.get("step")
             if isinstance(step, Tensor) and step.device != param.device:
                 state["step"] = step.to(device=param.device, dtype=torch.float32)
-
-
-def set_outer_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
-    """Set every group's learning rate to ``value``: in place when it is a tensor (a graph reads it), else as float."""
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], Tensor):
-            group["lr"].fill_(value)
-        else:
-            group["lr"] = value
 
 
 def _fingerprint(tensors: Iterable[Tensor]) -> tuple[int, ...]:

@@ -54,6 +54,18 @@ def resolve_layout(layout: Layout, device: torch.device, body: nn.Module | None 
     ``"auto"`` follows measurements (``benchmarks/run.py``): on CUDA one vmapped call, which removes kernel
     launches; on a CPU a loop over sets, whose small batches stay in cache, except for deep bodies (ResNet18)
     on small images, where per-operation overhead dominates and one vmapped call over all sets is faster.
+
+    ``"auto"`` never picks ``"grouped"`` yet. On a CPU the loop or vmap was faster in every measured case (S1-S4 at
+    28×28, S3/S4 at 105×105, and S1/S2 at 105×105 with :class:`GroupedNorm`: ``benchmarks/measured/cpu_2core_*``
+    ``layouts_28.csv``, ``resnet_105.csv``, ``epyc_groupednorm_105.csv``). On CUDA a learner captures its step in a
+    CUDA graph by default, and there the H200 timed ``"grouped"`` against ``"vmap"`` at 29.3 / 29.8 ms (S2) and 33.6
+    / 34.0 ms (S1) at 105×105, within the run-to-run spread, and 3.6 / 3.5 ms and 4.6 / 4.3 ms, slower, at 28×28
+    (``benchmarks/measured/gpu_h200_graph_benchmark.csv``); it was faster only in eager steps (S2: 33.8 against 36.7
+    ms at 105×105, 12.9 against 16.1 ms at 28×28), which a learner on CUDA takes only with ``cuda_graph=False`` or
+    after a failed capture. Those runs predate :class:`GroupedNorm`, which removes about a fifth of the grouped step
+    on a CPU and has not been timed on a GPU: ``benchmarks/gpu_run.sh`` times it, and ``"auto"`` should pick
+    ``"grouped"`` on CUDA where that run shows it faster with the graph. Its lower memory (6.3 against 7.6 GB for S2
+    at 105×105) is the reason to pass ``layout="grouped"`` today.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")

@@ -2,9 +2,10 @@
 
 MAML adapts *every* parameter, body and head, in the inner loop, so the body must be re-run on the support set at
 every inner step and, in second order, differentiated through all of them. ANIL's claim is that adapting the head
-alone is nearly as accurate and much cheaper; this class shares ANIL's interface (``meta_loss``,
-``meta_train_step``, ``adapt``, ``predict``, ``features``) so the notebook and ``benchmarks/`` can measure that
-claim on the same tasks. Two layouts compute the same numbers:
+alone is nearly as accurate and much cheaper; this class keeps ANIL's contract (:class:`algorithms.learner.Learner`:
+``adapt``, ``predict``, ``features``, ``meta_train_step``, with ``adapts = "all"`` and no head-only fast path) and
+its ``meta_loss``, so the notebook and ``benchmarks/`` can measure that claim on the same tasks. Two layouts compute
+the same numbers:
 
 * ``"loop"``: one task at a time with :func:`torch.func.functional_call` and :func:`torch.autograd.grad`, as
   MAML is usually written. It is the reference the tests compare against.
@@ -14,7 +15,7 @@ claim on the same tasks. Two layouts compute the same numbers:
 
 ``"auto"`` resolves per device from measurements (:func:`resolve_maml_layout`).
 
-The outer loop is ANIL's (:class:`algorithms.anil.OuterLoop`), so the two methods get the same engineering:
+The outer loop is ANIL's (:class:`algorithms.learner.OuterLoop`), so the two methods get the same engineering:
 :meth:`MAML.meta_train_step` returns device tensors and checks a meta-batch's labels once per signature on an
 accelerator (no host synchronisation per step), and on CUDA ``cuda_graph="auto"`` captures the whole step (inner
 loop, backward, capturable Adam) in one CUDA graph and replays it, with an eager fallback and a notice.
@@ -53,7 +54,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from algorithms.anil import OuterLoop, _check_lr
 from algorithms.cuda_graph import GraphMode
 from algorithms.features import (
     BNMode,
@@ -63,6 +63,7 @@ from algorithms.features import (
     per_set_buffers,
     set_features,
 )
+from algorithms.learner import Adapts, OuterLoop, check_lr
 
 Params = dict[str, Tensor]
 MAMLLayout = Literal["auto", "loop", "vmap"]
@@ -105,6 +106,9 @@ class MAML(OuterLoop):
             engineering; eager elsewhere, and eager with a notice if capture fails.
     """
 
+    adapts: Adapts = "all"
+    GRAPH_SETTINGS = ("inner_lr", "inner_steps", "first_order", "layout")
+
     def __init__(
         self,
         body: nn.Module,
@@ -121,7 +125,7 @@ class MAML(OuterLoop):
             raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}.")
         self.body, self.head = body, head
         self.model = nn.Sequential(OrderedDict(body=body, head=head))
-        self.inner_lr, self.outer_lr = _check_lr("inner_lr", inner_lr), _check_lr("outer_lr", outer_lr)
+        self.inner_lr, self.outer_lr = check_lr("inner_lr", inner_lr), check_lr("outer_lr", outer_lr)
         self.inner_steps, self.first_order, self.eval_bn = inner_steps, first_order, eval_bn
         self.device = head.weight.device
         self.layout = resolve_maml_layout(layout, self.device)
@@ -203,6 +207,10 @@ class MAML(OuterLoop):
                 [functional_call(self.model, {k: v[i] for k, v in fast.items()}, (x,)) for i, x in enumerate(query_x)]
             )
 
+    def head_path(self) -> None:
+        """No fast path: MAML's inner loop changes the body too, so its features do not stay fixed."""
+        return None
+
     def features(self, x: Tensor, training: bool) -> Tensor:
         """Body features per set with the meta-learnt (unadapted) body, as :meth:`algorithms.anil.ANIL.features`.
 
@@ -255,22 +263,6 @@ class MAML(OuterLoop):
             per_task = self._vmap_meta_loss if self.layout == "vmap" else self._loop_meta_loss
             losses, correct = per_task(support_x, support_y, query_x, query_y)
         return losses.mean(), correct.mean()
-
-    def meta_train_step(self, tasks: Sequence[Tensor]) -> dict[str, Tensor]:
-        """One outer step: zero_grad, meta_loss, backward, Adam step; replayed from a CUDA graph when captured.
-
-        Returns:
-            ``{"loss", "acc"}``, detached 0-d tensors on the learner's device, as ANIL's (the training loop reads
-            them in batches, so a GPU is not synchronised every step).
-        """
-        tasks = tuple(tasks)
-        self._validate(*tasks)
-        if self._graph is None:
-            stats = self._step(*tasks)
-        else:
-            settings = (self.inner_lr, self.inner_steps, self.first_order, self.layout)
-            stats = self._graph(tasks, (tuple((t.shape, t.dtype, t.device) for t in tasks), settings))
-        return {"loss": stats[0], "acc": stats[1]}
 
     def _step(self, *tasks: Tensor) -> Tensor:
         """The meta-train step itself, free of host synchronisation; ``(loss, acc)`` as one tensor ``(2,)``."""

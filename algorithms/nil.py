@@ -30,12 +30,12 @@ support set and every query set are normalised with their own statistics, as in 
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple, get_args
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from algorithms.anil import validate_tasks
+from algorithms.learner import Adapts, Learner, validate_tasks
 
 NILRule = Literal["similarity", "attention", "prototype"]
 NIL_RULES: tuple[str, ...] = get_args(NILRule)
@@ -93,13 +93,13 @@ def nil_scores_from_features(
 
 
 def nil_logits(
-    learner: Any, support_x: Tensor, support_y: Tensor, query_x: Tensor, rule: NILRule = "similarity"
+    learner: Learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, rule: NILRule = "similarity"
 ) -> Tensor:
     """NIL scores of the query images with ``learner``'s body (its head is never used).
 
     Args:
-        learner: any learner with ``features(x, training)`` ``(tasks, n, C, H, W)`` -> ``(tasks, n, features)``
-            and ``head.out_features`` (ANIL; MAML once it exposes ``features``).
+        learner: a learner whose body gives ``features(x, training)``, ``(tasks, n, C, H, W)`` -> ``(tasks, n,
+            features)``, and whose ``head.out_features`` is the tasks' n_way (ANIL, MAML).
         support_x: ``(tasks, n_way * k_shot, C, H, W)``.
         support_y: ``(tasks, n_way * k_shot)``.
         query_x: ``(tasks, n_way * k_query, C, H, W)``.
@@ -113,24 +113,41 @@ def nil_logits(
 
 
 class NIL:
-    """NIL as a learner with ``adapt``/``predict``, so code written for ANIL and MAML evaluates it too.
+    """NIL as a :class:`algorithms.learner.Learner`, so code written for ANIL and MAML evaluates and shows it too.
 
-    ``adapt`` runs no inner loop: it returns the support features and labels, and ``predict`` scores the queries
-    against them. ``evaluate(NIL(anil), pool, ...)`` therefore gives NIL's accuracy (before = after, gain 0).
+    ``adapt`` runs no inner loop (``adapts = "none"``): it returns the support features and labels, and ``predict``
+    scores the queries against them. ``evaluate(NIL(anil), pool, ...)`` therefore gives NIL's accuracy (before =
+    after, gain 0). NIL is trained as the learner it wraps (section 5.1: "We use ANIL training"), so its
+    ``meta_train_step`` is that learner's own, and ``inner_lr`` is the rate that learner was trained with.
 
     Args:
         learner: a trained learner that owns the body (``features``, ``body``, ``head``).
         rule: see the module docstring.
     """
 
+    adapts: Adapts = "none"
     inner_steps = 0  # nothing is adapted
 
-    def __init__(self, learner: Any, rule: NILRule = "similarity") -> None:
+    def __init__(self, learner: Learner, rule: NILRule = "similarity") -> None:
         if not callable(getattr(learner, "features", None)):
             raise ValueError(f"NIL needs a learner with a features(x, training) method, got {type(learner).__name__}.")
         _check_rule(rule)
         self.learner, self.rule = learner, rule
         self.body, self.head = learner.body, learner.head
+        self.meta_train_step = learner.meta_train_step  # trained as the learner it wraps
+
+    @property
+    def inner_lr(self) -> float:
+        """The wrapped learner's inner learning rate; NIL itself takes no inner step."""
+        return self.learner.inner_lr
+
+    def features(self, x: Tensor, training: bool) -> Tensor:
+        """The wrapped learner's body features per set, ``(tasks, n, C, H, W)`` -> ``(tasks, n, features)``."""
+        return self.learner.features(x, training)
+
+    def head_path(self) -> None:
+        """No fast path: NIL has no head to adapt."""
+        return None
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> SupportSet:
         """Support features and labels; ``steps`` is accepted for interface compatibility and ignored.
@@ -140,9 +157,9 @@ class NIL:
             support_y: ``(tasks, n_way * k_shot)``.
         """
         validate_tasks(support_x, support_y, support_x, support_y, self.head.out_features, self.body)
-        return SupportSet(self.learner.features(support_x, False), support_y)
+        return SupportSet(self.features(support_x, False), support_y)
 
     def predict(self, query_x: Tensor, fast: SupportSet) -> Tensor:
         """NIL scores ``(tasks, n_query, n_way)`` of the query images ``(tasks, n_query, C, H, W)``."""
-        query = self.learner.features(query_x, False)
+        query = self.features(query_x, False)
         return nil_scores_from_features(fast.features, fast.labels, query, self.head.out_features, self.rule)

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from evaluation.resources import cpu_isa, cpu_model
-from evaluation.scenarios import ABLATIONS, MAML_SPEC, SCENARIOS, load_pretrained_body, make_pools, run_scenario
+from experiments.scenarios import ABLATIONS, MAML_SPEC, SCENARIOS, load_pretrained_body, make_pools, run_scenario
 from utils.config import resolve_config
 from utils.data import load_omniglot
 from utils.io import atomic_write_text
@@ -33,7 +33,8 @@ SPECS = {**SCENARIOS, **ABLATIONS, "MAML": MAML_SPEC}
 LEVEL_FRACTION, LEVEL_POINTS = 0.2, 0.5  # the last 20% of the iterations gain under 0.5 point
 
 
-def levelled_off(curve: pd.DataFrame, fraction: float = LEVEL_FRACTION, points: float = LEVEL_POINTS) -> tuple[bool, float]:
+def levelled_off(curve: pd.DataFrame, fraction: float = LEVEL_FRACTION,
+                 points: float = LEVEL_POINTS) -> tuple[bool, float]:
     """Whether a validation curve gained under ``points`` (percentage points) over its last ``fraction``.
 
     Args:

@@ -1,7 +1,7 @@
 """Redraw latency of the adaptation playground (conv4, 28x28, 5-way 1-shot, 5 queries per class).
 
 One redraw = what the live widget does on a slider move: set the control, re-adapt the head and encode its two
-images (:meth:`evaluation.playground.Playground.live_images`: the predictions mosaic by PIL, the support-loss panel
+images (:meth:`report.playground.Playground.live_images`: the predictions mosaic by PIL, the support-loss panel
 by matplotlib). Prints the median wall and CPU time of 10 redraws per control.
 ``python -m benchmarks.playground_latency [--data-root data]``.
 """
@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from evaluation.playground import Playground
-from evaluation.scenarios import SCENARIOS, build_network, make_learner
+from experiments.scenarios import SCENARIOS, build_network, make_learner
+from report.playground import Playground
 from utils.config import PRESETS
 from utils.data import load_omniglot
 from utils.tasks import make_task_pool

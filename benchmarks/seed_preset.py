@@ -3,7 +3,7 @@
 This is the notebook's pipeline without the notebook (ANIL: Raghu et al., ICLR 2020, arXiv:1909.09157), for a
 GPU machine without Jupyter: same ``run_scenario``, same pools, same caching. It reports iterations per second,
 peak memory and accuracy with the device's name, the seed notebook's reported figures beside this run's
-(:mod:`evaluation.seed_reference`), and the total wall time; it writes
+(:mod:`report.seed_reference`), and the total wall time; it writes
 ``results/<preset>_preset_comparison.{csv,json}`` and ``results/<preset>_seed_vs_run.{csv,json}``::
 
     python -m benchmarks.seed_preset --data-root data --preset seed   # the seed's protocol, 125 iterations
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from evaluation.compare import comparison_table, format_table
 from evaluation.resources import device_name
-from evaluation.results import save_table
-from evaluation.scenarios import (
+from experiments.results import save_table
+from experiments.scenarios import (
     ANIL_AT_MAML_BUDGET,
     MAML_SPEC,
     SCENARIOS,
@@ -30,7 +29,8 @@ from evaluation.scenarios import (
     make_pools,
     run_scenario,
 )
-from evaluation.seed_reference import format_seed_vs_run, seed_agreement_markdown, seed_vs_run_table
+from report.compare import comparison_table, format_table
+from report.seed_reference import format_seed_vs_run, seed_agreement_markdown, seed_vs_run_table
 from utils.config import PRESETS, pick_device, resolve_config
 from utils.data import load_omniglot
 

@@ -1,4 +1,4 @@
-"""Iterations per second of the whole training loop, ``evaluation.training.train``, for S2 (conv4, first order).
+"""Iterations per second of the whole training loop, ``experiments.training.train``, for S2 (conv4, first order).
 
 The benchmark suite (``benchmarks/run.py``) times one meta-step on fixed tensors; this script times what the
 notebook runs: task sampling from the seed-preset pool, the host-to-device copy, the ANIL step (Raghu et al.,
@@ -21,8 +21,8 @@ import torch
 
 from algorithms.anil import ANIL
 from evaluation.resources import device_name
-from evaluation.scenarios import SCENARIOS, build_network
-from evaluation.training import train
+from experiments.scenarios import SCENARIOS, build_network
+from experiments.training import train
 from utils.config import Config, pick_device, resolve_config
 from utils.data import load_omniglot
 from utils.io import atomic_write_text
@@ -30,7 +30,7 @@ from utils.tasks import TaskPool, make_task_pool
 
 
 def s2_learner(config: Config, device: torch.device, cuda_graph: bool) -> ANIL:
-    """The S2 learner of ``config`` (as ``evaluation.scenarios.make_learner`` builds it), graph on or off."""
+    """The S2 learner of ``config`` (as ``experiments.scenarios.make_learner`` builds it), graph on or off."""
     spec = SCENARIOS["S2"]
     body, head = build_network(spec.architecture, config)
     return ANIL(body.to(device), head.to(device), config.inner_lr, config.outer_lr, config.inner_steps,

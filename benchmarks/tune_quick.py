@@ -26,9 +26,10 @@ import pandas as pd
 import torch
 
 from evaluation.evaluate import per_task_accuracies
-from evaluation.results import save_table
-from evaluation.scenarios import SCENARIOS, TaskPools, build_network, make_learner, make_pools
-from evaluation.training import TrainResult, train
+from experiments.records import TrainResult
+from experiments.results import save_table
+from experiments.scenarios import SCENARIOS, TaskPools, build_network, make_learner, make_pools
+from experiments.training import train
 from utils.config import PRESETS, Config, resolve_config
 from utils.data import OmniglotSplit, load_omniglot
 

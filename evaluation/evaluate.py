@@ -18,11 +18,14 @@ both), so the interval is usually much narrower than the two separate intervals 
 two methods are not distinguishable on these tasks.
 
 NIL ("No Inner Loop", :mod:`algorithms.nil`) classifies the same queries by the cosine similarities of their
-features to the support features, without any head; it needs a learner with a ``features`` method (ANIL).
+features to the support features, without any head.
 
-The accuracy at the *training* number of inner steps (``acc_at_train_steps``) is measured alongside when it costs
-no extra body forward (ANIL, whose inner loop continues from the features), so that a training accuracy can be
-compared with a test accuracy after the same number of steps.
+Every function takes any :class:`algorithms.learner.Learner` and chooses its path from the contract: a learner
+with a head-only fast path (``learner.head_path()``, ANIL) has its body run once per set, which serves every step
+count and NIL, and its inner loop continues from the previous step count; any other learner (MAML, NIL) is adapted
+afresh with its own ``adapt`` and ``predict`` for every step count. The accuracy at the *training* number of inner
+steps (``acc_at_train_steps``) is measured alongside when it costs no extra body forward (the fast path), so that a
+training accuracy can be compared with a test accuracy after the same number of steps.
 
 Everything runs under ``torch.no_grad``: ANIL's inner loop uses the closed-form head gradient, and MAML's
 ``adapt`` re-enables autograd for itself.
@@ -36,12 +39,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from algorithms.anil import ANIL, HeadParams, head_logits, inner_loop, validate_tasks
+from algorithms.learner import HeadPath, Learner, validate_tasks
 from algorithms.nil import nil_logits, nil_scores_from_features
 from evaluation.serialise import dataclass_kwargs
 from utils.tasks import TaskBatch, TaskPool
@@ -145,63 +147,63 @@ def paired_difference(a: Sequence[float] | Tensor, b: Sequence[float] | Tensor) 
     return confidence_interval(a - b)
 
 
-def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-task accuracy ``(tasks,)`` of logits ``(tasks, n, n_way)`` against labels ``(tasks, n)``."""
     return (logits.argmax(-1) == labels).float().mean(1)
 
 
-def _anil_features(anil: ANIL, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+def _set_features(learner: Learner, batch: TaskBatch) -> tuple[Tensor, Tensor]:
     """Support and query features ``(tasks, n, features)`` of a validated batch, evaluation BatchNorm policy."""
-    validate_tasks(*batch, anil.head.out_features, anil.body)
-    return anil.features(batch.support_x, False), anil.features(batch.query_x, False)
+    validate_tasks(*batch, learner.head.out_features, learner.body)
+    return learner.features(batch.support_x, False), learner.features(batch.query_x, False)
 
 
-def _anil_accuracies(
-    anil: ANIL, batch: TaskBatch, steps: Sequence[int], features: tuple[Tensor, Tensor] | None = None
-) -> Tensor:
-    """ANIL query accuracy after each number of inner steps, reusing the body's features.
+def _head_path_accuracies(path: HeadPath, batch: TaskBatch, steps: Sequence[int],
+                          features: tuple[Tensor, Tensor]) -> Tensor:
+    """Query accuracy after each number of inner steps along a head-only fast path, reusing the body's features.
 
-    Identical to ``anil.predict(query_x, anil.adapt(support_x, support_y, steps=s))`` for every ``s``: the
-    body runs once per set and the inner loop continues from the previous step count instead of restarting.
+    Identical to ``learner.predict(query_x, learner.adapt(support_x, support_y, steps=s))`` for every ``s``: the
+    body ran once per set and the inner loop continues from the previous step count instead of restarting.
 
     Args:
-        anil: the learner.
+        path: the learner's :class:`algorithms.learner.HeadPath`.
         batch: the tasks.
         steps: inner step counts.
-        features: the batch's ``(support, query)`` features when already computed (:func:`_anil_features`).
+        features: the batch's ``(support, query)`` features (:func:`_set_features`).
 
     Returns:
         ``(len(steps), tasks)`` accuracies.
     """
-    support, query = _anil_features(anil, batch) if features is None else features
-    fast, done, by_steps = HeadParams(anil.head.weight, anil.head.bias), 0, {}
+    support, query = features
+    fast, done, by_steps = path.initial_head(), 0, {}
     for target in sorted(set(steps)):
-        fast = inner_loop(support, batch.support_y, fast, target - done, anil.inner_lr, first_order=True)
-        by_steps[target], done = _accuracy(head_logits(query, fast), batch.query_y), target
+        fast = path.adapt_head(support, batch.support_y, fast, target - done)
+        by_steps[target], done = accuracy(path.head_logits(query, fast), batch.query_y), target
     return torch.stack([by_steps[s] for s in steps])
 
 
-def accuracies_by_steps(learner: Any, batch: TaskBatch, steps: Sequence[int]) -> Tensor:
+def accuracies_by_steps(learner: Learner, batch: TaskBatch, steps: Sequence[int]) -> Tensor:
     """Query accuracy of every task of ``batch`` after each number of inner steps in ``steps``.
 
     Args:
-        learner: ANIL (fast path) or any learner with ``adapt(support_x, support_y, steps)`` and ``predict``.
+        learner: any learner; one with a head-only fast path runs its body once per set.
         batch: tasks, ``support_x (tasks, n_way * k_shot, 1, H, W)`` etc.
         steps: inner step counts, e.g. ``[0, 5]``.
 
     Returns:
         ``(len(steps), tasks)`` accuracies in ``[0, 1]``.
     """
-    if isinstance(learner, ANIL):
-        return _anil_accuracies(learner, batch, steps)
+    path = learner.head_path()
+    if path is not None:
+        return _head_path_accuracies(path, batch, steps, _set_features(learner, batch))
     support_x, support_y, query_x, query_y = batch
     return torch.stack(
-        [_accuracy(learner.predict(query_x, learner.adapt(support_x, support_y, steps=s)), query_y) for s in steps]
+        [accuracy(learner.predict(query_x, learner.adapt(support_x, support_y, steps=s)), query_y) for s in steps]
     )
 
 
 def per_task_accuracies(
-    learner: Any,
+    learner: Learner,
     pool: TaskPool,
     steps: Sequence[int],
     batch_size: int,
@@ -212,12 +214,12 @@ def per_task_accuracies(
     """Query accuracy of every task of ``pool`` after each inner-step count, and NIL accuracy if asked.
 
     Args:
-        learner: an ANIL or MAML learner.
+        learner: any learner (ANIL, MAML, NIL).
         pool: evaluation (or validation) tasks.
         steps: inner-step counts, e.g. ``(0, 10)``.
         batch_size: tasks materialised at once.
         device: where the tasks are sent.
-        nil: also compute NIL accuracy (learners with a ``features`` method, e.g. ANIL).
+        nil: also compute NIL accuracy on the learner's body features.
         progress: show a progress bar.
 
     Returns:
@@ -225,27 +227,26 @@ def per_task_accuracies(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if nil and not callable(getattr(learner, "features", None)):
-        raise ValueError(f"NIL needs a learner with a features(x, training) method, got {type(learner).__name__}.")
     accs, nils = [], []
     starts = range(0, len(pool), batch_size)
+    path = learner.head_path()
     with torch.no_grad():
         for start in tqdm(starts, desc="Evaluating", unit="batch", disable=not progress, leave=False):
             batch = pool.batch(slice(start, start + batch_size), device)
-            if isinstance(learner, ANIL):  # one body forward per set serves both ANIL and NIL
-                support, query = features = _anil_features(learner, batch)
-                accs.append(_anil_accuracies(learner, batch, steps, features).cpu())
+            if path is not None:  # one body forward per set serves every step count and NIL
+                support, query = features = _set_features(learner, batch)
+                accs.append(_head_path_accuracies(path, batch, steps, features).cpu())
                 scores = nil_scores_from_features(support, batch.support_y, query, pool.n_way) if nil else None
             else:
                 accs.append(accuracies_by_steps(learner, batch, steps).cpu())
                 scores = nil_logits(learner, *batch[:3]) if nil else None
             if scores is not None:
-                nils.append(_accuracy(scores, batch.query_y).cpu())
+                nils.append(accuracy(scores, batch.query_y).cpu())
     return torch.cat(accs, dim=1), torch.cat(nils) if nil else None
 
 
 def evaluate(
-    learner: Any,
+    learner: Learner,
     task_pool: TaskPool,
     *,
     batch_size: int = 32,
@@ -258,17 +259,17 @@ def evaluate(
     """Query accuracy before and after adaptation on every task of ``task_pool``.
 
     Args:
-        learner: an ANIL or MAML learner.
+        learner: any learner (ANIL, MAML, NIL).
         task_pool: fixed evaluation tasks (from ``images_evaluation``, or held-out background characters
             for validation).
         batch_size: tasks materialised and evaluated at once.
         device: where the tasks are sent (the learner's device).
         steps: inner steps; defaults to ``learner.inner_steps``.
-        nil: also measure NIL accuracy (learners with a ``features`` method, e.g. ANIL).
+        nil: also measure NIL accuracy on the learner's body features.
         progress: show a progress bar.
         train_steps: also measure the accuracy after this many steps (the training count), for a like-for-like
-            train-test gap; defaults to ``learner.inner_steps`` for ANIL, where it costs no extra body forward,
-            and to nothing for other learners (MAML would adapt once more).
+            train-test gap; defaults to ``learner.inner_steps`` for a learner with a head-only fast path, where it
+            costs no extra body forward, and to nothing for other learners (MAML would adapt once more).
 
     Returns:
         An :class:`EvalResult` with means, 95% CI half-widths and per-task accuracies.
@@ -277,7 +278,7 @@ def evaluate(
 
 
 def evaluate_with_curve(
-    learner: ANIL,
+    learner: Learner,
     task_pool: TaskPool,
     curve_steps: int,
     *,
@@ -287,14 +288,15 @@ def evaluate_with_curve(
     nil: bool = False,
     progress: bool = True,
 ) -> tuple[EvalResult, list[float]]:
-    """:func:`evaluate` and :func:`adaptation_curve` of an ANIL learner from **one** pass over the tasks.
+    """:func:`evaluate` and the adaptation curve (accuracy after ``0..curve_steps`` inner steps) from **one** pass.
 
-    ANIL's inner loop continues from one body forward per set, so the curve's ``0..curve_steps`` step counts
-    cost only head steps; two separate calls would run the body over every task twice (for ResNet18 on a CPU,
-    about 20 s per 600 tasks).
+    With a head-only fast path (ANIL) the curve's step counts cost only head steps, from one body forward per set;
+    two separate passes would run the body over every task twice (for ResNet18 on a CPU, about 20 s per 600
+    tasks). Any other learner is adapted afresh for every step count: for MAML, whose inner loop re-runs the body,
+    that is ``curve_steps + 1`` adaptations of every task.
 
     Args:
-        learner: an ANIL learner.
+        learner: any learner.
         task_pool: evaluation tasks, support ``(tasks, n_way * k_shot, 1, H, W)`` each.
         curve_steps: largest inner-step count of the curve.
         batch_size, device, steps, nil, progress: as for :func:`evaluate`.
@@ -303,21 +305,18 @@ def evaluate_with_curve(
         ``(result, curve)``: ``result`` as :func:`evaluate` gives it (``result.eval_time_s`` covers both),
         ``curve[s]`` the mean query accuracy after ``s`` inner steps, ``s = 0..curve_steps``.
     """
-    if not isinstance(learner, ANIL):
-        raise ValueError(f"evaluate_with_curve needs an ANIL learner (one body forward per set), got "
-                         f"{type(learner).__name__}; use evaluate and adaptation_curve.")
     _check_steps("curve_steps", curve_steps)
     result, extra = _evaluate(learner, task_pool, steps, None, range(curve_steps + 1), batch_size, device, nil,
                               progress)
     return result, extra.mean(1).tolist()
 
 
-def _evaluate(learner: Any, task_pool: TaskPool, steps: int | None, train_steps: int | None,
+def _evaluate(learner: Learner, task_pool: TaskPool, steps: int | None, train_steps: int | None,
               extra_steps: Sequence[int], batch_size: int, device: torch.device | str, nil: bool,
               progress: bool) -> tuple[EvalResult, Tensor]:
     """:func:`evaluate`, plus the ``(len(extra_steps), tasks)`` accuracies after ``extra_steps`` from the same pass."""
     steps = learner.inner_steps if steps is None else steps
-    if train_steps is None and isinstance(learner, ANIL):
+    if train_steps is None and learner.head_path() is not None:
         train_steps = learner.inner_steps
     started = time.perf_counter()
     step_counts = [0, steps] + ([] if train_steps is None or train_steps == steps else [train_steps])
@@ -353,44 +352,3 @@ def _evaluate(learner: Any, task_pool: TaskPool, steps: int | None, train_steps:
 def _check_steps(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
-
-
-def adaptation_curve(
-    learner: Any,
-    task_pool: TaskPool,
-    max_steps: int,
-    *,
-    batch_size: int = 32,
-    device: torch.device | str,
-    progress: bool = True,
-) -> list[float]:
-    """Mean query accuracy after ``0, 1, ..., max_steps`` inner steps.
-
-    Returns:
-        ``max_steps + 1`` accuracies; entry ``s`` equals ``evaluate(..., steps=s).acc_after``.
-    """
-    _check_steps("max_steps", max_steps)
-    accs, _ = per_task_accuracies(learner, task_pool, range(max_steps + 1), batch_size, device, False, progress)
-    return accs.mean(1).tolist()
-
-
-def curve_frame(curves: Mapping[str, Sequence[float]]) -> pd.DataFrame:
-    """Long-format table of adaptation curves: columns ``scenario``, ``steps``, ``accuracy``."""
-    rows = [
-        {"scenario": name, "steps": step, "accuracy": acc}
-        for name, curve in curves.items()
-        for step, acc in enumerate(curve)
-    ]
-    return pd.DataFrame(rows, columns=["scenario", "steps", "accuracy"])
-
-
-def adaptation_curves(learners: Mapping[str, Any], task_pool: TaskPool, max_steps: int, **kwargs: Any) -> pd.DataFrame:
-    """:func:`adaptation_curve` of several scenarios on the same tasks, as a :func:`curve_frame`.
-
-    Args:
-        learners: scenario name -> learner.
-        task_pool: the shared evaluation tasks.
-        max_steps: largest inner-step count.
-        **kwargs: ``device``, ``batch_size``, ``progress`` for :func:`adaptation_curve`.
-    """
-    return curve_frame({name: adaptation_curve(lrn, task_pool, max_steps, **kwargs) for name, lrn in learners.items()})

@@ -29,9 +29,10 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from algorithms.features import body_mode
+from algorithms.learner import Learner
 from algorithms.maml import HEAD_PREFIX, MAML
 from algorithms.nil import nil_logits
-from evaluation.evaluate import _accuracy, confidence_interval, paired_difference
+from evaluation.evaluate import accuracy, confidence_interval, paired_difference
 from utils.tasks import TaskPool
 
 FREEZING_COLUMNS = ("all layers", "head only", "none (NIL)")
@@ -63,9 +64,11 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
     return (gram_x * gram_y).sum() / (gram_x.norm() * gram_y.norm())
 
 
-def _check_maml(learner: Any) -> None:
-    if not isinstance(learner, MAML):
-        raise ValueError(f"Feature-reuse measurements need a trained MAML learner, got {type(learner).__name__}.")
+def _check_maml(learner: Learner) -> None:
+    """Both measurements compare a body adapted by the inner loop with the meta-learnt one: only MAML's changes."""
+    if learner.adapts != "all":
+        raise ValueError(f"Feature-reuse measurements need a trained MAML learner (its inner loop adapts every "
+                         f"layer), got {type(learner).__name__}, whose inner loop adapts {learner.adapts!r}.")
 
 
 def freezing_accuracies(
@@ -93,10 +96,10 @@ def freezing_accuracies(
         for start in tqdm(starts, desc="Freezing", unit="batch", disable=not progress, leave=False):
             support_x, support_y, query_x, query_y = pool.batch(slice(start, start + batch_size), device)
             accs = [
-                _accuracy(maml.predict(query_x, maml.adapt(support_x, support_y, steps, trainable=prefix)), query_y)
+                accuracy(maml.predict(query_x, maml.adapt(support_x, support_y, steps, trainable=prefix)), query_y)
                 for prefix in ("", HEAD_PREFIX)
             ]
-            accs.append(_accuracy(nil_logits(maml, support_x, support_y, query_x), query_y))
+            accs.append(accuracy(nil_logits(maml, support_x, support_y, query_x), query_y))
             rows.append(torch.stack(accs, 1).cpu())
     return pd.DataFrame(torch.cat(rows).numpy(), columns=list(FREEZING_COLUMNS))
 
@@ -105,7 +108,7 @@ def paired_summary(per_task: pd.DataFrame, reference: str = FREEZING_COLUMNS[0])
     """Mean and 95% CI of each column, and of each column's per-task difference from ``reference`` (paired).
 
     The differences are :func:`evaluation.evaluate.paired_difference`, the helper behind every paired sentence of
-    :mod:`evaluation.narrative`: narrower than the two accuracies' CIs when tasks vary in difficulty. An interval
+    :mod:`report.narrative`: narrower than the two accuracies' CIs when tasks vary in difficulty. An interval
     that contains 0 means not distinguishable.
 
     Args:

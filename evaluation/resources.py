@@ -55,6 +55,17 @@ def cpu_isa() -> str:
     return f"{isa}+AMX" if amx else isa
 
 
+def machine_label(device: torch.device | str) -> str:
+    """Where a run ran, for every printed figure: the GPU's name, or the CPU's model, ISA and threads.
+
+    Examples: ``"NVIDIA H200"``, ``"AMD EPYC (AVX2), 2 threads"``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({cpu_isa()}), {torch.get_num_threads()} threads"
+
+
 def _nvml_handle(device: torch.device) -> object | None:
     """NVML handle of ``device``'s GPU, or ``None`` when NVML cannot be used."""
     try:

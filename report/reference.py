@@ -94,6 +94,34 @@ def reference_accuracies(reference: Mapping[str, Any], names: list[str]) -> pd.S
     return pd.Series(values, name=reference_label(reference), dtype=float)
 
 
+def beside_reference(own: Mapping[str, float], reference: Mapping[str, Any], *, keys: Mapping[str, str] | None = None,
+                     scale: float = 100, digits: int = 1) -> pd.DataFrame:
+    """This run's numbers beside the reference's, one row per name: columns ``this run`` and the reference label.
+
+    Args:
+        own: name -> this run's value (a fraction for accuracies).
+        reference: :func:`load_reference`'s dictionary.
+        keys: name -> where the reference holds it, parts joined by ``/`` (``"cka/body.block1"``); by default
+            ``acc_<name>``. A missing one shows as NaN.
+        scale: factor for display (100: percent).
+        digits: decimals shown.
+    """
+    keys = keys or {}
+    rows = {name: {"this run": value, reference_label(reference): _lookup(reference, keys.get(name, f"acc_{name}"))}
+            for name, value in own.items()}
+    return (pd.DataFrame.from_dict(rows, orient="index").astype(float) * scale).round(digits)
+
+
+def _lookup(reference: Mapping[str, Any], path: str) -> float:
+    """``reference["a"]["b"]`` for ``"a/b"``; NaN where a part is missing."""
+    value: Any = reference
+    for part in path.split("/"):
+        if not isinstance(value, Mapping) or part not in value:
+            return float("nan")
+        value = value[part]
+    return float(value)
+
+
 def shows_reference(preset: str, reference: Mapping[str, Any] | None) -> bool:
     """Whether a run of ``preset`` shows the reference beside its numbers: any preset but the reference's own."""
     return reference is not None and preset != reference.get("preset")

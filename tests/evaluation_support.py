@@ -1,4 +1,4 @@
-"""Builders shared by the tests of the ``evaluation`` package: tiny learners, task pools and records."""
+"""Builders shared by the tests of ``evaluation``, ``experiments`` and ``report``: tiny learners, pools, records."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from algorithms.anil import ANIL
-from evaluation.compare import ScenarioRecord
+from algorithms.learner import Learner, TrainableLearner
 from evaluation.evaluate import EvalResult, confidence_interval
-from evaluation.training import TrainResult, train
+from experiments.records import ScenarioRecord, TrainResult
+from experiments.training import train
 from utils.data import OmniglotSplit
 from utils.networks import ImageBody, create_anil_network, parameter_table
 from utils.tasks import TaskPool, make_task_pool
@@ -36,14 +37,15 @@ def make_pool(split: OmniglotSplit, num_tasks: int, seed: int, k_query: int = 2,
     return make_task_pool(split.images, num_tasks, n_way, 1, k_query, torch.Generator().manual_seed(seed))
 
 
-def run(learner: Any, pool: TaskPool, iterations: int, meta_batch_size: int = 2, seed: int = 0, **kwargs: Any):
-    """:func:`evaluation.training.train` on the CPU without a progress bar, scenario ``"S1"`` by default."""
+def run(learner: TrainableLearner, pool: TaskPool, iterations: int, meta_batch_size: int = 2, seed: int = 0,
+        **kwargs: Any):
+    """:func:`experiments.training.train` on the CPU without a progress bar, scenario ``"S1"`` by default."""
     options = {"scenario": "S1", "progress": False, **kwargs}
     generator = torch.Generator().manual_seed(seed)
     return train(learner, pool, iterations, meta_batch_size, generator=generator, device="cpu", **options)
 
 
-def state_tensors(learner: Any) -> dict[str, torch.Tensor]:
+def state_tensors(learner: Learner) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of body and head."""
     return {
         **{f"body.{k}": v for k, v in learner.body.state_dict().items()},

@@ -21,12 +21,14 @@ from evaluation_support import fake_eval, fake_record, fake_train, make_anil, ma
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evaluation.compare import (
+from evaluation.evaluate import evaluate_with_curve
+from experiments.records import ScenarioRecord
+from experiments.results import load_cached, result_key, result_path, save_result, save_table
+from report.compare import (
     FINAL_LOSS,
     INITIAL_LOSS,
     OVERFIT_RULE,
     REQUIRED_ROWS,
-    ScenarioRecord,
     comparison_table,
     distinct_tasks_seen,
     equal_budget_points,
@@ -36,8 +38,7 @@ from evaluation.compare import (
     tasks_seen,
     training_accuracy,
 )
-from evaluation.evaluate import adaptation_curve, evaluate
-from evaluation.plots import (
+from report.plots import (
     plot_accuracy,
     plot_adaptation_curves,
     plot_cost,
@@ -45,7 +46,6 @@ from evaluation.plots import (
     plot_validation_curves,
     smooth,
 )
-from evaluation.results import load_cached, result_key, result_path, save_result, save_table
 from utils.config import PRESETS
 from utils.networks import parameter_table
 
@@ -62,6 +62,7 @@ def records(background28, evaluation28) -> dict[str, ScenarioRecord]:
     for name, freeze, source, every in (("S1", False, "random", 3), ("S2", True, SOURCE, 2)):
         learner = make_anil(freeze_body=freeze)
         train_result = run(learner, train_pool, iterations=3, scenario=name, val_pool=val_pool, val_every=every)
+        test, curve = evaluate_with_curve(learner, test_pool, 3, device="cpu", nil=True, progress=False)
         out[name] = ScenarioRecord(
             name=name,
             description=f"conv4, {'frozen body' if freeze else 'full ANIL'}",
@@ -69,9 +70,9 @@ def records(background28, evaluation28) -> dict[str, ScenarioRecord]:
             pretrained_source=source,
             params=parameter_table(learner.body, learner.head),
             train=train_result,
-            test=evaluate(learner, test_pool, device="cpu", nil=True, progress=False),
+            test=test,
             train_tasks=len(train_pool),
-            adaptation_curve=adaptation_curve(learner, test_pool, 3, device="cpu", progress=False),
+            adaptation_curve=curve,
             meta_batch_size=2,
         )
     return out
@@ -240,7 +241,7 @@ def test_run_scenario_evaluates_each_side_at_its_own_test_steps(background28, ev
 
     Also checks the cache round trip: a second call with ``reuse=True`` returns the stored record unchanged.
     """
-    from evaluation.scenarios import (
+    from experiments.scenarios import (
         ANIL_AT_MAML_BUDGET,
         MAML_SPEC,
         SCENARIOS,
@@ -275,7 +276,7 @@ def test_run_scenario_evaluates_each_side_at_its_own_test_steps(background28, ev
     assert again.test.per_task_after == records["S2"].test.per_task_after
     # The trained learner is saved with the result: rebuilt, it scores the stored per-task accuracies again.
     from evaluation.evaluate import evaluate
-    from evaluation.scenarios import trained_learner
+    from experiments.scenarios import trained_learner
 
     rebuilt = trained_learner(SCENARIOS["S2"], config, torch.device("cpu"), results_dir=tmp_path)
     rescored = evaluate(rebuilt, pools.test, device="cpu", steps=config.test_inner_steps, progress=False)
@@ -359,7 +360,7 @@ def test_equal_budget_points_at_equal_iterations_and_equal_time():
 
 def test_untrained_body_adapts_a_zero_head_and_the_frozen_batchnorm_ablation_trains_only_the_head(evaluation28):
     from algorithms.anil import ANIL
-    from evaluation.scenarios import ABLATIONS, build_network, evaluate_untrained_head, make_learner
+    from experiments.scenarios import ABLATIONS, build_network, evaluate_untrained_head, make_learner
 
     config = PRESETS["smoke"].replace(test_inner_steps=3)
     pool = make_pool(evaluation28, 6, seed=2)

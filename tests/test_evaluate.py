@@ -15,15 +15,7 @@ from evaluation_support import conv4, make_anil, make_pool
 
 from algorithms.maml import MAML
 from algorithms.nil import nil_logits
-from evaluation.evaluate import (
-    EvalResult,
-    adaptation_curve,
-    adaptation_curves,
-    confidence_interval,
-    curve_frame,
-    evaluate,
-    evaluate_with_curve,
-)
+from evaluation.evaluate import EvalResult, confidence_interval, evaluate, evaluate_with_curve
 
 
 @pytest.fixture(scope="module")
@@ -88,24 +80,6 @@ def test_accuracy_before_adaptation_is_chance_and_adaptation_helps(evaluation28)
     assert result.acc_after > result.acc_before + 0.05  # random conv4 features already separate characters
 
 
-def test_adaptation_curve_matches_adapt_with_each_step_count(pool):
-    learner = make_anil()
-    curve = adaptation_curve(learner, pool, 4, batch_size=7, device="cpu", progress=False)
-    assert len(curve) == 5
-    for steps in (0, 1, 4):
-        assert curve[steps] == pytest.approx(statistics.mean(reference_accuracies(learner, pool, steps)))
-    frame = adaptation_curves({"S1": learner, "S2": make_anil(seed=1)}, pool, 2, device="cpu", progress=False)
-    assert list(frame.columns) == ["scenario", "steps", "accuracy"] and len(frame) == 6
-    assert frame[frame.scenario == "S1"].accuracy.tolist() == pytest.approx(curve[:3])
-    assert curve_frame({"A": [0.2, 0.5]}).to_dict("list") == {
-        "scenario": ["A", "A"],
-        "steps": [0, 1],
-        "accuracy": [0.2, 0.5],
-    }
-    with pytest.raises(ValueError, match="max_steps"):
-        adaptation_curve(learner, pool, -1, device="cpu")
-
-
 def test_evaluate_with_curve_equals_separate_evaluate_and_curve(pool):
     """One pass gives what the two separate calls give (the reference: each task adapted on its own)."""
     learner = make_anil(inner_steps=2)
@@ -122,8 +96,16 @@ def test_evaluate_with_curve_equals_separate_evaluate_and_curve(pool):
         assert curve[steps] == pytest.approx(statistics.mean(reference_accuracies(learner, pool, steps)))
     with pytest.raises(ValueError, match="curve_steps"):
         evaluate_with_curve(learner, pool, -1, device="cpu")
-    with pytest.raises(ValueError, match="ANIL learner"):
-        evaluate_with_curve(MAML(*conv4()), pool, 2, device="cpu")
+
+
+def test_a_learner_without_the_head_path_gets_its_curve_by_adapting_afresh(evaluation28):
+    """MAML adapts every layer: each point of its curve is its own adapt and predict, not a head-only shortcut."""
+    maml = MAML(*conv4(seed=2), inner_lr=0.4, inner_steps=1)
+    small = make_pool(evaluation28, num_tasks=4, seed=6)
+    result, curve = evaluate_with_curve(maml, small, 2, device="cpu", steps=2, progress=False)
+    for steps in (0, 1, 2):
+        assert curve[steps] == pytest.approx(statistics.mean(reference_accuracies(maml, small, steps)))
+    assert result.per_task_after == pytest.approx(reference_accuracies(maml, small, 2), abs=1e-6)
 
 
 def test_maml_uses_the_generic_adapt_predict_path(evaluation28):
@@ -134,8 +116,6 @@ def test_maml_uses_the_generic_adapt_predict_path(evaluation28):
     assert result.train_steps is None and result.acc_at_train_steps is None  # MAML would adapt once more
     # MAML has body features per set too, so NIL (no head, no inner loop) can score its body.
     assert evaluate(maml, small, device="cpu", nil=True, progress=False).per_task_nil is not None
-    with pytest.raises(ValueError, match="NIL needs a learner with a features"):
-        evaluate(object(), small, device="cpu", steps=1, nil=True, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate(maml, small, device="cpu", batch_size=0, progress=False)
 

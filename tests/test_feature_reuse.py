@@ -15,7 +15,7 @@ from evaluation.feature_reuse import (
     linear_cka,
     paired_summary,
 )
-from evaluation.plots import plot_layer_cka
+from report.plots import plot_layer_cka
 from utils.networks import create_anil_network
 from utils.tasks import make_task_pool
 
@@ -103,14 +103,14 @@ def test_feature_reuse_rejects_other_learners_and_bad_arguments(maml, pool):
 
 def test_trained_learner_reloads_the_weights_run_scenario_trained(background28, evaluation28, tmp_path):
     from evaluation.evaluate import evaluate
-    from evaluation.scenarios import MAML_SPEC, analysis_tasks, make_pools, run_scenario, trained_learner
+    from experiments.scenarios import MAML_SPEC, analysis_tasks, make_pools, run_scenario, trained_learner
     from utils.config import PRESETS
 
     config = PRESETS["smoke"].replace(maml_iterations=2, maml_test_inner_steps=1, test_tasks=4, seed_test_tasks=2)
     pools = make_pools(background28, evaluation28, config)
     record = run_scenario(MAML_SPEC, config, pools, "cpu", results_dir=tmp_path, progress=False, maml_layout="loop")
     learner = trained_learner(MAML_SPEC, config, "cpu", pools=pools, results_dir=tmp_path, maml_layout="vmap")
-    assert isinstance(learner, MAML) and learner.layout == "vmap"
+    assert learner.adapts == "all" and learner.layout == "vmap"  # MAML, rebuilt in the requested layout
     # MAML is an analysis: scored on config.analysis_pool's tasks (the seed's 2 here, like quick's 100).
     again = evaluate(learner, analysis_tasks(pools, config), device="cpu", steps=1, progress=False)
     assert len(again.per_task_after) == 2

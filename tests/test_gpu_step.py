@@ -1,6 +1,6 @@
 """The sync-free meta-train step and its CUDA graph: identical histories on the CPU, replay equal to eager on CUDA.
 
-CPU tests compare :func:`evaluation.training.train` (statistics kept on the device and read in batches) against a
+CPU tests compare :func:`experiments.training.train` (statistics kept on the device and read in batches) against a
 plain loop that reads ``loss.item()`` after every chunk, as the step did before. CUDA tests (skipped without a
 GPU) compare a replayed graph step with an eager one.
 """
@@ -16,8 +16,8 @@ from evaluation_support import conv4, make_anil, make_pool, run, state_tensors
 from algorithms.anil import ANIL
 from algorithms.cuda_graph import GraphCaptureError, GraphedStep, resolve_graph_mode
 from algorithms.maml import MAML
-from evaluation import training
-from evaluation.training import NonFiniteLossError, TaskOrder, outer_lr_factor
+from experiments import training
+from experiments.training import NonFiniteLossError, TaskOrder, outer_lr_factor
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -108,11 +108,9 @@ class FloatLearner:
     """A learner whose step returns floats (as MAML's did): the loop must accept both."""
 
     def __init__(self, anil) -> None:
-        self.anil, self.body, self.head, self.optimizer = anil, anil.body, anil.head, anil.optimizer
-        self.inner_lr, self.outer_lr = anil.inner_lr, anil.outer_lr
-
-    def meta_train_step(self, tasks) -> dict[str, float]:
-        return {k: v.item() for k, v in self.anil.meta_train_step(tasks).items()}
+        self.body, self.head, self.optimizer = anil.body, anil.head, anil.optimizer
+        self.inner_lr, self.outer_lr, self.set_outer_lr = anil.inner_lr, anil.outer_lr, anil.set_outer_lr
+        self.meta_train_step = lambda tasks: {k: v.item() for k, v in anil.meta_train_step(tasks).items()}
 
 
 def test_learners_returning_floats_train_alike(pool, monkeypatch):

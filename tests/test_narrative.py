@@ -11,8 +11,8 @@ import statistics
 import pytest
 from evaluation_support import fake_eval, fake_record, fake_train
 
-from evaluation import narrative
 from evaluation.evaluate import paired_difference
+from report import narrative
 
 # 10 tasks; B is A plus noise of mean 0.01 and large spread: the paired interval contains 0.
 A = [0.90, 0.80, 1.00, 0.70, 0.90, 0.80, 1.00, 0.90, 0.80, 0.90]

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from evaluation.narrative import pct
+from report.narrative import pct
 from utils.notebook_tools import NOTEBOOK, cell_seconds, execute, slowest_cells, strip_volatile
 
 REPO = NOTEBOOK.parent

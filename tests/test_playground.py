@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from algorithms.maml import MAML
-from evaluation.playground import (
+from algorithms.nil import NIL
+from report.playground import (
     Playground,
     adapt_and_plot,
     figure_png,
@@ -94,6 +95,50 @@ def test_k_shot_keeps_the_task_and_draws_distinct_drawers(pool):
     assert batch.support_x.shape[1] == pool.n_way * 5 and batch.query_x.shape[1] == pool.n_way * pool.k_query
 
 
+def _moved_off_initialisation(learner, seed: int):
+    """Every weight of body and head moved by a seeded random amount, so that no layer sits at its initialisation
+    (BatchNorm's scale 1 and shift 0 included): adapting the head alone then gives other answers than adapting
+    every layer."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in [*learner.body.parameters(), *learner.head.parameters()]:
+            noise = torch.randn(param.shape, generator=generator)
+            param.add_(0.3 * noise * max(float(param.abs().mean()), 0.1))
+    return learner
+
+
+def _own_answers(learner, batch, steps: int, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference, independent of the playground: the learner's own adapt and predict on the one task."""
+    with torch.no_grad():
+        fast = learner.adapt(batch.support_x, batch.support_y, steps=steps)
+        after = learner.predict(batch.query_x, fast)[0].softmax(-1)
+        losses = [F.cross_entropy(learner.predict(batch.support_x, learner.adapt(batch.support_x, batch.support_y,
+                                                                                  steps=s))[0], batch.support_y[0])
+                  for s in counts]
+    return after, torch.stack(losses)
+
+
+@pytest.mark.parametrize("kind", ["ANIL first order", "ANIL second order", "NIL", "MAML"])
+def test_the_playground_adapts_every_learner_as_the_learner_adapts_itself(pool, kind):
+    """What the playground shows after adaptation, and its support-loss curve, are the learner's own ``adapt`` and
+    ``predict`` (to 1e-5), whichever path it takes: ANIL's head-only fast path, or MAML adapted in every layer."""
+    anil = _moved_off_initialisation(make_anil(seed=5, first_order=kind != "ANIL second order"), seed=6)
+    learner = {"NIL": NIL(anil), "MAML": _moved_off_initialisation(MAML(*conv4(seed=7), inner_lr=0.4), seed=8)
+               }.get(kind, anil)
+    batch, steps = pool.batch([2]), 3
+    fig = adapt_and_plot(learner, batch, 0, steps=steps)
+    counts, losses = fig.support_losses
+    assert counts == ([0, steps] if kind == "NIL" else list(range(steps + 1)))
+    after, own_losses = _own_answers(learner, batch, steps, counts)
+    torch.testing.assert_close(fig.predictions["after"].probabilities, after, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(losses, own_losses, atol=1e-5, rtol=1e-5)
+    if kind == "MAML":  # the test can tell the paths apart: a head-only adaptation of MAML answers otherwise
+        with torch.no_grad():
+            head_only = learner.adapt(batch.support_x, batch.support_y, steps=steps, trainable="head.")
+            head_only_after = learner.predict(batch.query_x, head_only)[0].softmax(-1)
+        assert (head_only_after - after).abs().max() > 1e-2
+
+
 def test_generic_learners_get_a_sampled_curve(pool):
     maml = MAML(*conv4(seed=1), inner_lr=0.1, inner_steps=1)
     fig = adapt_and_plot(maml, pool.batch([0]), 0, steps=3, inner_lr=0.2)
@@ -116,12 +161,12 @@ def test_live_mosaic_is_the_figures_mosaic_with_its_titles(learner, pool):
     """The widget's PIL image holds exactly the pixels that the matplotlib figure shows, below a title band."""
     from PIL import Image
 
-    from utils.viz import _panels_mosaic, _prediction_panels
+    from utils.viz import panels_mosaic, prediction_panels
 
     playground = Playground({"S1": learner}, pool, steps=3)
     fig = playground.figure()
-    panels, n_way = _prediction_panels(playground.batch(), 0, fig.predictions["before"], fig.predictions["after"])
-    mosaic, _ = _panels_mosaic(panels, n_way)
+    panels, n_way = prediction_panels(playground.batch(), 0, fig.predictions["before"], fig.predictions["after"])
+    mosaic, _ = panels_mosaic(panels, n_way)
     live = np.asarray(Image.open(io.BytesIO(playground.live_images()[0])).convert("RGB"))
     assert np.array_equal(live[-mosaic.shape[0]:], mosaic)
     assert (live[: live.shape[0] - mosaic.shape[0]] < 255).any()  # the titles are drawn
@@ -139,7 +184,7 @@ def test_in_a_kernel_the_widget_is_shown_with_its_png_fallback(learner, pool, mo
     """What a kernel gets (the path that crashed under Run All): one output, the live widget plus a PNG."""
     import IPython.display
 
-    from evaluation import playground as module
+    from report import playground as module
 
     shown = []
     monkeypatch.delenv("ANIL_HEADLESS", raising=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluation.pretrain import (
+from experiments.pretrain import (
     PRETRAIN_SOURCE,
     Augmentation,
     pretrain_body,
@@ -17,8 +17,8 @@ from evaluation.pretrain import (
     split_drawings,
     spread_characters,
 )
-from evaluation.scenarios import make_pools
-from evaluation.training import TaskOrder
+from experiments.scenarios import make_pools
+from experiments.training import TaskOrder
 from tests.evaluation_support import conv4
 from utils.config import PRESETS, resolve_config
 from utils.data import OmniglotSplit

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from report.reference import (
+    beside_reference,
     headline_numbers,
     load_reference,
     reference_accuracies,
@@ -60,6 +61,11 @@ def test_make_notebook_turns_a_full_headline_into_the_reference(tmp_path):
     shown = reference_accuracies(reference, ["S1", "S3"])
     assert shown["S1"] == 0.951 and pd.isna(shown["S3"]) and shown.name == reference_label(reference)
     assert shows_reference("quick", reference) and not shows_reference("full", reference)
+    table = beside_reference({"S1": 0.9, "head only": 0.2}, reference, keys={"head only": "freezing/head only/cost"})
+    assert table.loc["S1"].tolist() == [90.0, 95.1] and table.loc["head only", reference_label(reference)] == 5.0
+    cka = beside_reference({"body.block1": 0.5}, reference, keys={"body.block1": "cka/body.block1"}, scale=1,
+                           digits=3)
+    assert cka.loc["body.block1"].tolist() == [0.5, 0.99]
     assert not shows_reference("quick", None)
 
 

@@ -12,10 +12,10 @@ from evaluation_support import conv4, fake_eval, fake_record, fake_train, make_a
 from torch import nn
 
 from algorithms.anil import ANIL
-from evaluation.compare import comparison_table
 from evaluation.evaluate import evaluate
-from evaluation.pretrain import pretrain_body
-from evaluation.results import save_result, save_table
+from experiments.pretrain import pretrain_body
+from experiments.results import save_result, save_table
+from report.compare import comparison_table
 from utils.config import PRESETS, resolve_config
 
 

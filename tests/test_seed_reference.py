@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from evaluation.seed_reference import (
+from report.seed_reference import (
     FINAL_LOSS_ROW,
     INITIAL_LOSS_ROW,
     RUN_COLUMN,
@@ -128,7 +128,7 @@ def test_no_seed_scenario_is_a_clear_error(records):
 
 
 def test_both_tables_smooth_the_initial_and_final_losses_the_same_way(records):
-    from evaluation.compare import FINAL_LOSS, INITIAL_LOSS, comparison_table
+    from report.compare import FINAL_LOSS, INITIAL_LOSS, comparison_table
 
     losses = [3.0] * 5 + [2.0] * 90 + [1.0, 1.2, 0.8, 1.0, 5.0]  # one noisy last iteration
     records["S3"].train = fake_train(losses, [0.5] * 100)

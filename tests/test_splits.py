@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation.scenarios import make_pools
+from experiments.scenarios import make_pools
 from utils.config import PRESETS
 from utils.splits import VINYALS_DIR, read_split_list, vinyals_split
 from utils.tasks import make_task_pool

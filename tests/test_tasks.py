@@ -147,24 +147,6 @@ def test_rotated_classes_are_rot90_of_the_original():
         make_task_pool(images, 4, 10, 1, 2, torch.Generator().manual_seed(5), rotations=False)
 
 
-def test_iter_batches_covers_the_pool_once_per_epoch():
-    pool = make_task_pool(_tagged_images(), 10, 3, 1, 1, torch.Generator().manual_seed(6))
-    batches = list(pool.iter_batches(4, torch.Generator().manual_seed(0)))
-    assert [b.support_x.shape[0] for b in batches] == [4, 4, 2]
-    seen = torch.cat([b.support_x for b in batches]).flatten(1)
-    everything = pool.batch(slice(None)).support_x.flatten(1)
-    # Each task appears exactly once: the sets of flattened support sets match.
-    assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, everything.tolist()))
-    ordered = torch.cat([b.support_x for b in pool.iter_batches(4, shuffle=False)])
-    assert torch.equal(ordered, pool.batch(slice(None)).support_x)
-    again = list(pool.iter_batches(4, torch.Generator().manual_seed(0)))
-    assert all(torch.equal(a.query_x, b.query_x) for a, b in zip(batches, again, strict=True))
-    with pytest.raises(ValueError, match=r"explicit seeded torch\.Generator"):
-        next(pool.iter_batches(4))
-    with pytest.raises(ValueError, match="meta_batch_size must be a positive integer, got 0"):
-        next(pool.iter_batches(0, shuffle=False))
-
-
 def test_pool_len_repr_and_single_index():
     pool = make_task_pool(_tagged_images(), 7, 4, 2, 3, torch.Generator().manual_seed(0))
     assert len(pool) == 7 and pool.n_way == 4 and (pool.k_shot, pool.k_query) == (2, 3)

@@ -13,8 +13,9 @@ from evaluation_support import conv4, make_anil, make_pool, run, state_tensors
 
 from algorithms.maml import MAML
 from evaluation.evaluate import evaluate
-from evaluation.pretrain import PRETRAIN_SOURCE, pretrain_body
-from evaluation.training import NonFiniteLossError, TaskOrder, TrainResult, train
+from experiments.pretrain import PRETRAIN_SOURCE, pretrain_body
+from experiments.records import TrainResult
+from experiments.training import NonFiniteLossError, TaskOrder, train
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +214,7 @@ def test_corrupt_pretrain_cache_is_ignored_with_a_warning(background28, tmp_path
 
 
 def test_cosine_schedule_anneals_the_outer_rate_and_is_a_function_of_the_iteration(pool):
-    from evaluation.training import outer_lr_factor
+    from experiments.training import outer_lr_factor
 
     assert outer_lr_factor("constant", 7, 10) == 1.0
     assert outer_lr_factor("cosine", 0, 10) == 1.0

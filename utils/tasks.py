@@ -23,7 +23,7 @@ tasks) and gathers a meta-batch from the uint8 image tensor with one ``index_sel
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -136,31 +136,6 @@ class TaskPool:
         return torch.cat(
             [per_drawing[..., : self.k_shot].reshape(-1), per_drawing[..., self.k_shot :].reshape(-1)]
         )
-
-    def iter_batches(
-        self,
-        meta_batch_size: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        shuffle: bool = True,
-    ) -> Iterator[TaskBatch]:
-        """One epoch over the pool in meta-batches (the last one may be smaller).
-
-        Args:
-            meta_batch_size: tasks per yielded batch.
-            generator: seeded ``torch.Generator`` for the epoch's order; required when ``shuffle`` is True.
-            device: where the batches are returned (see :meth:`batch`).
-            shuffle: visit the tasks in a generator-seeded random order instead of pool order.
-
-        Yields:
-            :class:`TaskBatch` of ``min(meta_batch_size, remaining)`` tasks.
-        """
-        _check_positive(meta_batch_size=meta_batch_size)
-        if shuffle and generator is None:
-            raise ValueError("shuffle=True needs an explicit seeded torch.Generator (or pass shuffle=False).")
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for start in range(0, len(self), meta_batch_size):
-            yield self.batch(order[start : start + meta_batch_size], device)
 
 
 def validate_task_shape(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import textwrap
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from matplotlib.figure import Figure, SubFigure
 
 from utils.data import OmniglotSplit
 from utils.tasks import TaskBatch
+
+if TYPE_CHECKING:  # the contract is a type only: utils stays below algorithms at run time (import-linter)
+    from algorithms.learner import Learner
 
 _PANEL_INCHES = 1.1
 
@@ -164,19 +167,17 @@ def one_task(batch: TaskBatch, task: int, device: torch.device | str | None = No
     return TaskBatch(*(t[task : task + 1].to(device) if device is not None else t[task : task + 1] for t in batch))
 
 
-def learner_device(learner: Any) -> torch.device:
-    """The device of a learner's parameters (ANIL, MAML and NIL all hold a ``body`` or a ``head``)."""
-    module = getattr(learner, "head", None) or getattr(learner, "body", None)
-    parameter = next(module.parameters(), None) if module is not None else None
-    return parameter.device if parameter is not None else torch.device("cpu")
+def learner_device(learner: Learner) -> torch.device:
+    """The device of a learner's head (ANIL, MAML and NIL all hold one)."""
+    return learner.head.weight.device
 
 
-def task_predictions(learner: Any, batch: TaskBatch, task: int = 0, steps: int | None = None) -> TaskPredictions:
+def task_predictions(learner: Learner, batch: TaskBatch, task: int = 0, steps: int | None = None) -> TaskPredictions:
     """Adapt ``learner`` on one task's support set and classify its query set.
 
     Args:
-        learner: any object with ``adapt(support_x, support_y, steps=...)`` and ``predict(query_x, fast)``
-            returning logits ``(tasks, n_query, n_way)`` (ANIL, MAML, NIL).
+        learner: any learner (ANIL, MAML, NIL): its own ``adapt(support_x, support_y, steps=...)`` and
+            ``predict(query_x, fast)``, which returns logits ``(tasks, n_query, n_way)``.
         batch: meta-batch, support ``(tasks, n_way * k_shot, 1, H, W)``, query ``(tasks, n_way * k_query, 1, H, W)``.
         task: which task of the batch.
         steps: inner steps (0: the head's initialisation; ``None``: the learner's default).
@@ -190,7 +191,7 @@ def task_predictions(learner: Any, batch: TaskBatch, task: int = 0, steps: int |
     return TaskPredictions(probabilities, predicted, predicted == single.query_y[0].cpu(), steps)
 
 
-def plot_predictions(learner: Any, batch: TaskBatch, task: int = 0, steps: int | None = None) -> Figure:
+def plot_predictions(learner: Learner, batch: TaskBatch, task: int = 0, steps: int | None = None) -> Figure:
     """One task: the support set with its labels, then every query image with the learner's answer.
 
     Each query image is captioned with its predicted label and that label's probability, and framed green when
@@ -211,7 +212,7 @@ def plot_predictions(learner: Any, batch: TaskBatch, task: int = 0, steps: int |
     return predictions_figure(batch, task, before, after)
 
 
-def _prediction_panels(batch: TaskBatch, task: int, before: TaskPredictions, after: TaskPredictions
+def prediction_panels(batch: TaskBatch, task: int, before: TaskPredictions, after: TaskPredictions
                        ) -> tuple[list[tuple], int]:
     """The three panels (support, before, after) of one task, ``(gid, images, labels, captions, title)``, and
     ``n_way``."""
@@ -239,8 +240,8 @@ def predictions_png(batch: TaskBatch, task: int, before: TaskPredictions, after:
 
     from PIL import Image, ImageDraw
 
-    panels, n_way = _prediction_panels(batch, task, before, after)
-    mosaic, offsets = _panels_mosaic(panels, n_way)
+    panels, n_way = prediction_panels(batch, task, before, after)
+    mosaic, offsets = panels_mosaic(panels, n_way)
     band = _FONT_PX + 10
     image = Image.new("RGB", (mosaic.shape[1], mosaic.shape[0] + band), "white")
     image.paste(Image.fromarray(mosaic), (0, band))
@@ -264,8 +265,8 @@ def predictions_figure(
     column (cells: :func:`caption_cells`, :func:`mosaic_cell_size`). With ``extra_panel`` an ordinary axes
     ``fig.axes[1]`` is added on the right for the caller.
     """
-    panels, n_way = _prediction_panels(batch, task, before, after)
-    mosaic, offsets = _panels_mosaic(panels, n_way)
+    panels, n_way = prediction_panels(batch, task, before, after)
+    mosaic, offsets = panels_mosaic(panels, n_way)
     height, width = mosaic.shape[:2]
     side = 3.3 if extra_panel else 0.0  # inches for the caller's panel
     fig = Figure(figsize=(width / _DPI + side + 0.1, height / _DPI + 0.55), dpi=_DPI)
@@ -291,7 +292,7 @@ _TILE = 56  # display side of one image in mosaic pixels: Omniglot at 28 px doub
 _FONT_PX = 13
 
 
-def _panels_mosaic(panels: list[tuple], n_way: int) -> tuple[np.ndarray, list[int]]:
+def panels_mosaic(panels: list[tuple], n_way: int) -> tuple[np.ndarray, list[int]]:
     """Panels ``(gid, images (n, H, W), labels, captions, title)`` side by side as one uint8 RGB image, and the
     x offset of each panel."""
     mosaics = [_mosaic(images, labels, n_way, captions) for _, images, labels, captions, _ in panels]

@@ -2,7 +2,7 @@
 
 Each function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``, so it works on a headless
 machine with any backend, does not display twice in Jupyter and is freed with the object. Every legend and
-tick label is :attr:`evaluation.compare.ScenarioRecord.label`, which names the architecture and the
+tick label is :attr:`report.compare.ScenarioRecord.label`, which names the architecture and the
 pretraining source. The adaptation curve is the ANIL paper's question in one picture (Raghu, Raghu, Bengio &
 Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding the Effectiveness of MAML", ICLR 2020,
 arXiv:1909.09157): how much of the accuracy appears only after inner steps.
@@ -18,8 +18,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from evaluation.compare import ScenarioRecord
 from evaluation.resources import MEMORY_KIND_CUDA, MEMORY_KIND_LABELS
+from experiments.records import ScenarioRecord
 
 EMA_ALPHA = 0.05  # weight of the newest iteration in the smoothed curves (~20-iteration memory)
 LONG_CURVE = 21  # points (0..20 steps) up to which an adaptation curve keeps markers and a linear axis

@@ -19,16 +19,17 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.compare import (
+from evaluation.evaluate import EvalResult, paired_difference
+from evaluation.feature_reuse import FREEZING_COLUMNS
+from experiments.training import outer_lr_factor
+from report.compare import (
     ScenarioRecord,
     comparable_memory,
     equal_budget_points,
     loss_window_size,
     smoothed_loss,
 )
-from evaluation.evaluate import EvalResult, paired_difference
-from evaluation.feature_reuse import FREEZING_COLUMNS
-from evaluation.training import outer_lr_factor
+from report.seed_reference import SEED_REPORTED, protocol_differences
 
 SEED_SPEEDUP = (3.0, 10.0)  # the seed's claimed ANIL-over-MAML training speed-up
 SEED_ACC_RATIO = (0.95, 0.98)  # the seed's claimed ANIL/MAML accuracy ratio
@@ -462,7 +463,7 @@ def ablation_summary(s4: Sequence[float], frozen_bn: Sequence[float], untrained:
     Args:
         s4: S4's per-task accuracies on the ablations' tasks.
         frozen_bn: the same for S4 trained with BatchNorm frozen as well.
-        untrained: :func:`evaluation.scenarios.evaluate_untrained_head` on the same tasks.
+        untrained: :func:`experiments.scenarios.evaluate_untrained_head` on the same tasks.
     """
     lines = [paired_verdict("S4", "S4 with BatchNorm frozen", s4, frozen_bn),
              paired_verdict("S4", UNTRAINED, s4, untrained.per_task_after)]
@@ -636,8 +637,6 @@ def _pretrained_point(s3: ScenarioRecord, s4: ScenarioRecord) -> str:
 
 
 def _seed_point(records: Mapping[str, ScenarioRecord], config: Any) -> str | None:
-    from evaluation.seed_reference import SEED_REPORTED, protocol_differences
-
     chosen = {name: r for name, r in records.items() if name in SEED_REPORTED["accuracy_after_percent"]}
     if not chosen:
         return None
@@ -691,7 +690,7 @@ def conclusions(records: Mapping[str, ScenarioRecord], anil_at_budget: ScenarioR
         freezing: :func:`evaluation.feature_reuse.paired_summary` of MAML's test-time freezing.
         cka: :func:`evaluation.feature_reuse.layer_cka` of MAML's inner loop.
         config: the run's configuration (preset, analysis pool, learning-rate schedule).
-        untrained: :func:`evaluation.scenarios.evaluate_untrained_head` on the analysis tasks, to compare S4 with
+        untrained: :func:`experiments.scenarios.evaluate_untrained_head` on the analysis tasks, to compare S4 with
             its body without meta-training; ``None`` skips that comparison.
     """
     points = [

@@ -25,11 +25,11 @@ from torch import nn
 
 from algorithms.anil import ANIL
 from algorithms.maml import MAML, MAMLLayout
-from evaluation.compare import ScenarioRecord
 from evaluation.evaluate import EvalResult, evaluate, evaluate_with_curve
-from evaluation.pretrain import pretrain_body, spread_characters
-from evaluation.results import load_cached, result_key, result_path, save_result
-from evaluation.training import train
+from experiments.pretrain import pretrain_body, spread_characters
+from experiments.records import ScenarioRecord
+from experiments.results import changed_fields, load_cached, result_key, result_path, save_result
+from experiments.training import train
 from utils.config import Config
 from utils.data import OmniglotSplit, split_characters
 from utils.io import atomic_torch_save, display_path, error_path
@@ -157,7 +157,7 @@ class PretrainedBody:
 
     state_dict: dict[str, torch.Tensor]  # ResNet18 body weights, on the CPU
     source: str  # labels every table and plot, e.g. "Omniglot background, supervised (held-out drawings 87.3%)"
-    stats: dict | None = None  # evaluation.pretrain's pretrain_stats; None for ImageNet or random weights
+    stats: dict | None = None  # experiments.pretrain's pretrain_stats; None for ImageNet or random weights
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -188,7 +188,7 @@ def load_pretrained_body(pretrained: str, config: Config, train_images: torch.Te
 
     Args:
         pretrained: ``"imagenet"``, a path to torchvision's ``resnet18-f37072fd.pth``, ``"omniglot"`` (supervised
-            pre-training on the background characters, see :mod:`evaluation.pretrain`) or ``"none"``.
+            pre-training on the background characters, see :mod:`experiments.pretrain`) or ``"none"``.
         config: run configuration (seed, image size, ``pretrain_*`` fields).
         train_images: uint8 background training characters ``(characters, 20, H, W)`` (validation ones excluded).
         device: where pre-training runs.
@@ -213,16 +213,6 @@ def load_pretrained_body(pretrained: str, config: Config, train_images: torch.Te
                          amp_dtype=pretrain_amp_dtype(config, device), cache_dir=cache_dir, progress=progress)
     return PretrainedBody({k: v.cpu() for k, v in body.state_dict().items()}, body.pretrained_source,
                           body.pretrain_stats)
-
-
-def resolve_pretrained_body(pretrained: str, config: Config, train_images: torch.Tensor, device: torch.device,
-                            cache_dir: str | Path, progress: bool = True) -> tuple[dict, str]:
-    """``(body_state_dict, source)`` of :func:`load_pretrained_body`, for callers that need no statistics.
-
-    The held-out accuracy of an Omniglot pre-training is printed, and carried in ``source``.
-    """
-    loaded = load_pretrained_body(pretrained, config, train_images, device, cache_dir, progress)
-    return loaded.state_dict, loaded.source
 
 
 def make_learner(spec: ScenarioSpec, body: nn.Module, head: nn.Linear, config: Config,
@@ -267,6 +257,8 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
     if cached is not None:
         print(f"{spec.name}: loaded the cached result of this exact configuration ({display_path(results_dir)}).")
         return cached
+    if reuse:
+        _say_why_it_retrains(spec.name, config, results_dir)
     body, head = build_network(spec.architecture, config, body_state, source)
     learner = make_learner(spec, body.to(device), head.to(device), config, maml_layout)
     history = train(learner, pools.train, iterations, config.meta_batch_size,
@@ -288,7 +280,19 @@ def run_scenario(spec: ScenarioSpec, config: Config, pools: TaskPools, device: t
     )
     save_result(results_dir, record, config, spec=spec.__dict__, iterations=iterations, source=source)
     atomic_torch_save({"body": body.state_dict(), "head": head.state_dict()}, weights)
+    # One line that a saved notebook keeps (its progress bars are dropped: static viewers show them at 0%).
+    print(f"{spec.name}: trained {history.iterations_done:,} iterations in {history.wall_time_s:.0f} s "
+          f"({history.iterations_per_s:.2f} it/s); {100 * test.acc_after:.1f}% ± {100 * test.ci_after:.1f} on "
+          f"{test.num_tasks} test tasks after {test_steps} inner steps (evaluated in {test.eval_time_s:.0f} s).")
     return record
+
+
+def _say_why_it_retrains(name: str, config: Config, results_dir: str | Path) -> None:
+    """Print the fields in which ``config`` differs from the newest cached run of ``name``, if there is one."""
+    changed = changed_fields(results_dir, name, config)
+    if changed:
+        listed = ", ".join(f"{field} {old!r} -> {new!r}" for field, (old, new) in changed.items())
+        print(f"{name}: retraining; the cached run in {display_path(results_dir)} differs in {listed}.")
 
 
 def analysis_tasks(pools: TaskPools, config: Config) -> TaskPool:
@@ -356,7 +360,7 @@ def evaluate_untrained_head(body_state: Mapping[str, torch.Tensor] | None, sourc
     NIL on the same body. BatchNorm normalises each set with its own statistics, as for the trained scenarios.
 
     Args:
-        body_state: the pretrained body's weights (:func:`resolve_pretrained_body`), ``None`` for a random body.
+        body_state: the pretrained body's weights (:func:`load_pretrained_body`), ``None`` for a random body.
         source: where they come from (labels only).
         config: run configuration (seed, n_way, inner_lr, test_inner_steps).
         pool: evaluation tasks, e.g. ``pools.test``.

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.compare import ScenarioRecord
+from experiments.records import ScenarioRecord
 from utils.io import atomic_write_json, atomic_write_text, display_path
 
 RESULTS_FORMAT = 1
@@ -133,7 +133,7 @@ def load_cached(results_dir: str | os.PathLike, scenario: str, config_key: str) 
 
 
 def save_table(table: pd.DataFrame, results_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
-    """Write a table (e.g. :func:`evaluation.compare.comparison_table`) as CSV and JSON, atomically.
+    """Write a table (e.g. :func:`report.compare.comparison_table`) as CSV and JSON, atomically.
 
     Returns:
         ``(csv_path, json_path)``; the JSON holds ``{"table": {column: {row: value}}, "notes": [...]}``.

@@ -4,7 +4,7 @@ The project reproduces a seed notebook that trained ANIL (Raghu, Raghu, Bengio &
 Feature Reuse? Towards Understanding the Effectiveness of MAML", ICLR 2020, arXiv:1909.09157) on Omniglot in four
 scenarios. :data:`SEED_REPORTED` holds every figure of that notebook's comparison table, in one place, so that a
 user without the seed notebook can still compare; :func:`seed_vs_run_table` puts this run's values beside them
-(reusing :func:`evaluation.compare.comparison_table`'s ratios, ranks and overfitting flag), and
+(reusing :func:`report.compare.comparison_table`'s ratios, ranks and overfitting flag), and
 :func:`seed_agreement_markdown` says, from the numbers, where this run agrees with the seed and where it does not.
 
 Only the seed's *training protocol* can be reproduced: its GPU is unnamed, its S3/S4 body was ImageNet-pretrained
@@ -19,10 +19,10 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.compare import (
+from experiments.records import ScenarioRecord
+from report.compare import (
     LOSS_WINDOW,
     MIN_LOSS_ITERATIONS,
-    ScenarioRecord,
     comparison_table,
     smoothed_loss,
     training_accuracy,

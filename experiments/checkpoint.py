@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from algorithms.learner import TrainableLearner
 from utils.io import atomic_torch_save
 
 CHECKPOINT_FORMAT = 1
@@ -28,7 +29,8 @@ HYPERPARAMETERS = ("inner_lr", "outer_lr", "inner_steps", "first_order", "freeze
 _PAYLOAD_KEYS = ("metadata", "body", "head", "optimizer", "order", "progress")
 
 
-def checkpoint_metadata(learner: Any, scenario: str, num_tasks: int, meta_batch_size: int) -> dict[str, Any]:
+def checkpoint_metadata(learner: TrainableLearner, scenario: str, num_tasks: int,
+                        meta_batch_size: int) -> dict[str, Any]:
     """What a checkpoint must agree on with the run that resumes from it.
 
     Args:
@@ -61,7 +63,7 @@ def checkpoint_metadata(learner: Any, scenario: str, num_tasks: int, meta_batch_
 
 
 def save_checkpoint(
-    path: str | os.PathLike, learner: Any, metadata: dict[str, Any], order: dict, progress: dict
+    path: str | os.PathLike, learner: TrainableLearner, metadata: dict[str, Any], order: dict, progress: dict
 ) -> Path:
     """Write a checkpoint atomically.
 
@@ -69,7 +71,7 @@ def save_checkpoint(
         path: destination file.
         learner: the learner whose body, head and optimizer are saved.
         metadata: :func:`checkpoint_metadata` of the run.
-        order: the task order's state (see ``evaluation.training.TaskOrder.state_dict``).
+        order: the task order's state (see ``experiments.training.TaskOrder.state_dict``).
         progress: iteration index, history and resource statistics.
     """
     payload = {
@@ -103,7 +105,7 @@ def _read_payload(path: Path) -> dict[str, Any]:
         first_line = (str(err).strip().splitlines() or [""])[0][:200]
         raise ValueError(
             f"Checkpoint {path} cannot be read ({type(err).__name__}: {first_line}); it is corrupt or not a "
-            "checkpoint written by evaluation.training.train. Delete it, or pass resume_from=None."
+            "checkpoint written by experiments.training.train. Delete it, or pass resume_from=None."
         ) from err
     missing = [key for key in _PAYLOAD_KEYS if not isinstance(payload, dict) or key not in payload]
     if not missing and not isinstance(payload["metadata"], dict):
@@ -139,7 +141,7 @@ def read_checkpoint(path: str | os.PathLike, metadata: dict[str, Any]) -> dict[s
     return payload
 
 
-def restore_learner(learner: Any, payload: dict[str, Any]) -> None:
+def restore_learner(learner: TrainableLearner, payload: dict[str, Any]) -> None:
     """Load body, head and optimizer state of a payload returned by :func:`read_checkpoint`."""
     learner.body.load_state_dict(payload["body"])
     learner.head.load_state_dict(payload["head"])

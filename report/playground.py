@@ -8,9 +8,12 @@ k_shot) to it, and :func:`show_playground` shows the live widget in any IPython 
 of the same figure that a saved notebook's static viewer shows instead; outside a kernel it returns the figure.
 
 The figure shows the task's support set, the query answers before and after adaptation
-(:func:`utils.viz.predictions_figure`) and the support loss over the inner steps. For learners that expose
-their features and a linear head (ANIL) the loss curve is computed from the features once, step by step; for
-any other learner (MAML, NIL) it is measured at up to ``GENERIC_CURVE_POINTS`` step counts by re-adapting.
+(:func:`utils.viz.predictions_figure`) and the support loss over the inner steps. The path follows the learner's
+contract (:class:`algorithms.learner.Learner`), so every learner is adapted as it adapts itself: one with a
+head-only fast path (``learner.head_path()``, ANIL) has its body run once per set and its loss curve computed
+step by step from those features; any other learner is adapted with its own ``adapt`` and ``predict``, MAML in
+every layer, and its curve measured at up to ``GENERIC_CURVE_POINTS`` step counts by re-adapting (at the two
+ends only for NIL, which adapts nothing).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from algorithms.anil import HeadParams, head_logits, inner_loop
+from algorithms.learner import HeadParams, HeadPath, Learner, check_lr
 from utils.tasks import TaskBatch, TaskPool, with_k_shot
 from utils.viz import TaskPredictions, learner_device, one_task, predictions_figure, predictions_png, task_predictions
 
@@ -40,51 +43,44 @@ HEADLESS_ENV = "ANIL_HEADLESS"  # optional: 1 shows the static figure alone (mak
 
 
 @contextmanager
-def inner_lr_override(learner: Any, inner_lr: float | None) -> Iterator[None]:
+def inner_lr_override(learner: Learner, inner_lr: float | None) -> Iterator[None]:
     """Temporarily give ``learner`` another inner learning rate; the original is restored on exit.
 
-    ``None``, or a learner without an ``inner_lr`` (NIL), leaves everything unchanged.
+    ``None``, or a learner whose inner loop adapts nothing (NIL), leaves everything unchanged.
 
     Raises:
         ValueError: ``inner_lr`` is not a positive finite number.
     """
-    if inner_lr is None or not hasattr(learner, "inner_lr"):
+    if inner_lr is None or learner.adapts == "none":
         yield
         return
-    if not (isinstance(inner_lr, (int, float)) and math.isfinite(inner_lr) and inner_lr > 0):
-        raise ValueError(f"inner_lr must be a positive finite number, got {inner_lr!r}.")
-    previous, learner.inner_lr = learner.inner_lr, float(inner_lr)
+    previous, learner.inner_lr = learner.inner_lr, check_lr("inner_lr", inner_lr)
     try:
         yield
     finally:
         learner.inner_lr = previous
 
 
-def _has_linear_head(learner: Any) -> bool:
-    """ANIL-like: features computed by the learner, adapted by a linear head (closed-form inner steps)."""
-    return hasattr(learner, "features") and isinstance(getattr(learner, "head", None), torch.nn.Linear)
-
-
-def _head_trajectory(learner: Any, single: TaskBatch, steps: int) -> tuple[list[HeadParams], torch.Tensor]:
-    """Heads after 0..``steps`` inner steps from the learner's features (computed once), and the support losses.
+def _head_trajectory(path: HeadPath, single: TaskBatch, steps: int) -> tuple[list[HeadParams], torch.Tensor]:
+    """Heads after 0..``steps`` inner steps from the fast path's features (computed once), and the support losses.
 
     Returns:
         ``(heads, losses)``: ``steps + 1`` heads ``weight (1, n_way, features)``, losses ``(steps + 1,)``.
     """
-    features = learner.features(single.support_x, False)  # (1, n_way * k_shot, features)
-    heads = [HeadParams(learner.head.weight.unsqueeze(0), learner.head.bias.unsqueeze(0))]
+    features = path.features(single.support_x, False)  # (1, n_way * k_shot, features)
+    heads = [path.initial_head()]
     for _ in range(steps):
-        heads.append(inner_loop(features, single.support_y, heads[-1], 1, learner.inner_lr, first_order=True))
-    losses = [F.cross_entropy(head_logits(features, head)[0], single.support_y[0]) for head in heads]
+        heads.append(path.adapt_head(features, single.support_y, heads[-1], 1))
+    losses = [F.cross_entropy(path.head_logits(features, head)[0], single.support_y[0]) for head in heads]
     return heads, torch.stack(losses).cpu()
 
 
-def support_losses(learner: Any, batch: TaskBatch, task: int, steps: int) -> tuple[list[int], torch.Tensor]:
+def support_losses(learner: Learner, batch: TaskBatch, task: int, steps: int) -> tuple[list[int], torch.Tensor]:
     """Mean support cross-entropy of one task after 0, 1, ... ``steps`` inner steps.
 
     Args:
-        learner: ANIL (exact curve from its features and closed-form head steps) or any learner with
-            ``adapt``/``predict`` (curve at up to ``GENERIC_CURVE_POINTS`` step counts).
+        learner: any learner: the exact curve along a head-only fast path (ANIL), else the learner's own
+            ``adapt``/``predict`` at up to ``GENERIC_CURVE_POINTS`` step counts (two for NIL, whose loss is flat).
         batch: meta-batch, support ``(tasks, n_way * k_shot, 1, H, W)``.
         task: which task.
         steps: last inner step.
@@ -94,30 +90,32 @@ def support_losses(learner: Any, batch: TaskBatch, task: int, steps: int) -> tup
     """
     single = one_task(batch, task, learner_device(learner))
     x, y = single.support_x, single.support_y
+    path = learner.head_path()
     with torch.no_grad():
-        if _has_linear_head(learner):
-            return list(range(steps + 1)), _head_trajectory(learner, single, steps)[1]
-        counts = sorted({int(s) for s in np.linspace(0, steps, min(steps + 1, GENERIC_CURVE_POINTS)).round()})
+        if path is not None:
+            return list(range(steps + 1)), _head_trajectory(path, single, steps)[1]
+        points = 2 if learner.adapts == "none" else GENERIC_CURVE_POINTS  # nothing adapts: the ends say it all
+        counts = sorted({int(s) for s in np.linspace(0, steps, min(steps + 1, points)).round()})
         losses = [F.cross_entropy(learner.predict(x, learner.adapt(x, y, steps=s))[0], y[0]) for s in counts]
         return counts, torch.stack(losses).cpu()
 
 
-def _anil_answers(learner: Any, batch: TaskBatch, task: int, steps: int
-                  ) -> tuple[TaskPredictions, TaskPredictions, list[int], torch.Tensor]:
-    """Before/after predictions and the loss curve of an ANIL-like learner with one body pass per set."""
+def _head_path_answers(learner: Learner, path: HeadPath, batch: TaskBatch, task: int, steps: int
+                       ) -> tuple[TaskPredictions, TaskPredictions, list[int], torch.Tensor]:
+    """Before/after predictions and the loss curve along a head-only fast path, with one body pass per set."""
     single = one_task(batch, task, learner_device(learner))
     with torch.no_grad():
-        heads, losses = _head_trajectory(learner, single, steps)
-        query = learner.features(single.query_x, False)
+        heads, losses = _head_trajectory(path, single, steps)
+        query = path.features(single.query_x, False)
         answers = []
         for head, count in ((heads[0], 0), (heads[-1], steps)):
-            probabilities = head_logits(query, head)[0].float().softmax(-1).cpu()
+            probabilities = path.head_logits(query, head)[0].float().softmax(-1).cpu()
             predicted = probabilities.argmax(-1)
             answers.append(TaskPredictions(probabilities, predicted, predicted == single.query_y[0].cpu(), count))
     return answers[0], answers[1], list(range(steps + 1)), losses
 
 
-def adapt_and_plot(learner: Any, batch: TaskBatch, task: int = 0, steps: int | None = None,
+def adapt_and_plot(learner: Learner, batch: TaskBatch, task: int = 0, steps: int | None = None,
                    inner_lr: float | None = None) -> Figure:
     """Adapt ``learner`` on one task and draw its answers before/after and the support loss per inner step.
 
@@ -139,7 +137,7 @@ def adapt_and_plot(learner: Any, batch: TaskBatch, task: int = 0, steps: int | N
     return fig
 
 
-def adapted_answers(learner: Any, batch: TaskBatch, task: int = 0, steps: int | None = None,
+def adapted_answers(learner: Learner, batch: TaskBatch, task: int = 0, steps: int | None = None,
                     inner_lr: float | None = None
                     ) -> tuple[TaskPredictions, TaskPredictions, list[int], torch.Tensor, float | None]:
     """What :func:`adapt_and_plot` draws: answers before and after, the support-loss curve and the inner lr used.
@@ -147,17 +145,18 @@ def adapted_answers(learner: Any, batch: TaskBatch, task: int = 0, steps: int | 
     Returns:
         ``(before, after, step_counts, support_losses, inner_lr)``; arguments as in :func:`adapt_and_plot`.
     """
-    steps = getattr(learner, "inner_steps", 0) if steps is None else steps
+    steps = learner.inner_steps if steps is None else steps
     if not isinstance(steps, int) or not 0 <= steps <= 10 * MAX_STEPS:
         raise ValueError(f"steps must be an integer in [0, {10 * MAX_STEPS}], got {steps!r}.")
     with inner_lr_override(learner, inner_lr):
-        if _has_linear_head(learner):  # one body pass per set instead of five
-            before, after, counts, losses = _anil_answers(learner, batch, task, steps)
+        path = learner.head_path()
+        if path is not None:  # one body pass per set instead of five
+            before, after, counts, losses = _head_path_answers(learner, path, batch, task, steps)
         else:
             before = task_predictions(learner, batch, task, steps=0)
             after = task_predictions(learner, batch, task, steps=steps)
             counts, losses = support_losses(learner, batch, task, steps)
-        lr = getattr(learner, "inner_lr", None)
+        lr = None if learner.adapts == "none" else learner.inner_lr
     return before, after, counts, losses, lr
 
 
@@ -224,15 +223,15 @@ class Playground:
         seed: seeds the drawers drawn for a ``k_shot`` other than the pool's.
     """
 
-    def __init__(self, learners: Mapping[str, Any], pool: TaskPool, *, steps: int | None = None,
+    def __init__(self, learners: Mapping[str, Learner], pool: TaskPool, *, steps: int | None = None,
                  inner_lr: float | None = None, seed: int = 0) -> None:
         if not learners:
             raise ValueError("learners is empty: pass a dict such as {'S1': learner}.")
         first = next(iter(learners.values()))
         self.learners, self.pool, self.seed = dict(learners), pool, seed
         self.scenario, self.task, self.k_shot = next(iter(learners)), 0, pool.k_shot
-        self.steps = min(getattr(first, "inner_steps", 0), MAX_STEPS) if steps is None else steps
-        self.inner_lr = getattr(first, "inner_lr", 0.1) if inner_lr is None else inner_lr
+        self.steps = min(first.inner_steps, MAX_STEPS) if steps is None else steps
+        self.inner_lr = first.inner_lr if inner_lr is None else inner_lr
         self.max_k_shot = pool.images.shape[1] - pool.k_query  # every drawer of a character used at most once
 
     def batch(self) -> TaskBatch:
@@ -316,7 +315,7 @@ class Playground:
         return widgets.VBox([*rows, predictions, losses])
 
 
-def show_playground(learners: Mapping[str, Any], pool: TaskPool, **options: Any) -> Figure | None:
+def show_playground(learners: Mapping[str, Learner], pool: TaskPool, **options: Any) -> Figure | None:
     """Show the live playground in a kernel; elsewhere return a static snapshot of its figure.
 
     In any IPython kernel the widget is displayed in one output together with a PNG of its first figure: the

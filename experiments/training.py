@@ -12,7 +12,7 @@ give an identical loss history. On CUDA, cuDNN's default kernels are non-determi
 20-step runs on an H200 differed by up to 0.02 in a weight); with ``torch.use_deterministic_algorithms(True)``
 and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` runs, and resumed runs, were bit-identical there too. A checkpoint
 stores the generator state, the current epoch's permutation and the position in it
-(:mod:`evaluation.checkpoint`), so an interrupted and resumed run ends bit-identical to an uninterrupted one.
+(:mod:`experiments.checkpoint`), so an interrupted and resumed run ends bit-identical to an uninterrupted one.
 
 Stopping: ``KeyboardInterrupt`` (the notebook's stop button, or raised by ``callback``) ends training cleanly:
 the history so far is kept, a final checkpoint is written when a path was given, and the result has
@@ -48,10 +48,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from evaluation.checkpoint import checkpoint_metadata, read_checkpoint, restore_learner, save_checkpoint
+from algorithms.learner import TrainableLearner
 from evaluation.evaluate import evaluate
 from evaluation.resources import ResourceMonitor, device_name
-from evaluation.serialise import dataclass_kwargs
+from experiments.checkpoint import checkpoint_metadata, read_checkpoint, restore_learner, save_checkpoint
+from experiments.records import TrainResult
 from utils.config import LR_SCHEDULES
 from utils.io import display_path, ensure_writable_dir, error_path
 from utils.tasks import TaskPool
@@ -63,52 +64,6 @@ Callback = Callable[[int, dict[str, float]], None]
 
 class NonFiniteLossError(FloatingPointError):
     """The meta-training loss became NaN or infinite (usually a learning rate that is too high)."""
-
-
-@dataclass
-class TrainResult:
-    """History and cost of one training run; JSON-serialisable through :meth:`to_dict`.
-
-    Attributes:
-        scenario: scenario name, e.g. ``"S1"``.
-        losses: meta-training loss of every iteration (query loss after adaptation).
-        accs: meta-training query accuracy of every iteration.
-        val_history: ``{"iteration", "acc", "ci", "wall_time_s", "per_task"}`` per validation (accuracy after
-            adaptation on the validation pool, training seconds so far as in ``wall_time_s``, per-task
-            accuracies); results saved before these last two keys existed lack them.
-        wall_time_s: seconds spent in training steps (validation and checkpoint writes excluded).
-        iterations_per_s: ``iterations_done / wall_time_s``.
-        peak_memory_mb: peak memory in MiB, see ``memory_kind``.
-        memory_kind: ``"cuda_max_allocated"`` or ``"cpu_peak_rss"`` (whole-process resident set).
-        gpu_utilisation: mean NVML GPU utilisation in percent, ``None`` when not measured.
-        device: device description.
-        interrupted: training was stopped by ``KeyboardInterrupt``.
-        iterations_done: completed iterations, ``len(losses)``.
-        iterations_planned: the ``iterations`` argument.
-    """
-
-    scenario: str
-    losses: list[float]
-    accs: list[float]
-    val_history: list[dict[str, Any]]
-    wall_time_s: float
-    iterations_per_s: float
-    peak_memory_mb: float
-    memory_kind: str
-    gpu_utilisation: float | None
-    device: str
-    interrupted: bool
-    iterations_done: int
-    iterations_planned: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
-        """Inverse of :meth:`to_dict`; ``ValueError`` naming missing fields."""
-        return cls(**dataclass_kwargs(cls, data))
 
 
 class TaskOrder:
@@ -188,15 +143,6 @@ def outer_lr_factor(schedule: str, iteration: int, iterations: int) -> float:
     return 1.0
 
 
-def set_outer_lr(learner: Any, value: float) -> None:
-    """Set the learner's Adam rate: through ``learner.set_outer_lr`` when it has one (a CUDA graph reads a tensor)."""
-    if hasattr(learner, "set_outer_lr"):
-        learner.set_outer_lr(value)
-        return
-    for group in learner.optimizer.param_groups:
-        group["lr"] = value
-
-
 def _to_floats(values: list[Any]) -> list[float]:
     """Python floats of ``values`` (floats or 0-d tensors), reading every tensor in one transfer."""
     tensors = [v.reshape(1) for v in values if isinstance(v, torch.Tensor)]
@@ -209,7 +155,8 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
-def _check_arguments(learner: Any, pool: TaskPool, iterations: int, meta_batch_size: int, **counts: Any) -> None:
+def _check_arguments(learner: TrainableLearner, pool: TaskPool, iterations: int, meta_batch_size: int,
+                     **counts: Any) -> None:
     """Reject bad arguments before any compute, naming the value and how to fix it."""
     _check_count("iterations", iterations, 1)
     _check_count("meta_batch_size", meta_batch_size, 1)
@@ -242,7 +189,7 @@ def _smoothed(running: dict[str, float], stats: dict[str, float]) -> dict[str, f
 class _Trainer:
     """One training run; :meth:`run` is the loop, the other methods its parts."""
 
-    def __init__(self, learner: Any, pool: TaskPool, order: TaskOrder, settings: _Settings) -> None:
+    def __init__(self, learner: TrainableLearner, pool: TaskPool, order: TaskOrder, settings: _Settings) -> None:
         self.learner, self.pool, self.order, self.settings = learner, pool, order, settings
         self.state, self.monitor = _RunState(), ResourceMonitor(settings.device)
         self.order_state = order.state_dict()  # the task order after the last *completed* iteration
@@ -274,7 +221,7 @@ class _Trainer:
         started = time.perf_counter()
         tasks = self.pool.batch(self.order.next_indices(), self.settings.device)
         factor = outer_lr_factor(self.settings.lr_schedule, self.state.iteration, self.settings.iterations)
-        set_outer_lr(self.learner, self.learner.outer_lr * factor)
+        self.learner.set_outer_lr(self.learner.outer_lr * factor)
         stats = self.learner.meta_train_step(tasks)
         self.monitor.sample()
         self.state.wall_time_s += time.perf_counter() - started
@@ -425,7 +372,7 @@ class _Trainer:
 
 
 def train(
-    learner: Any,
+    learner: TrainableLearner,
     task_pool: TaskPool,
     iterations: int,
     meta_batch_size: int,
@@ -445,7 +392,8 @@ def train(
     """Meta-train ``learner`` for ``iterations`` outer steps on meta-batches of ``task_pool``.
 
     Args:
-        learner: an ANIL or MAML learner (``meta_train_step``, ``body``, ``head``, ``optimizer``).
+        learner: an ANIL or MAML learner (:class:`algorithms.learner.TrainableLearner`); every step sets its outer
+            rate through ``learner.set_outer_lr``.
         task_pool: the fixed training tasks.
         iterations: total outer steps; a resumed run continues up to this number.
         meta_batch_size: tasks per outer step.

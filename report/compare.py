@@ -27,15 +27,12 @@ What each row compares, so that no row ranks something else than it says:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 
-from evaluation.evaluate import EvalResult
 from evaluation.resources import MEMORY_KIND_CUDA, MEMORY_KIND_LABELS
-from evaluation.serialise import dataclass_kwargs
-from evaluation.training import TrainResult
+from experiments.records import ScenarioRecord, TrainResult
 from utils.networks import RESNET_FROZEN_TOTAL_NOTE
 
 OVERFIT_GAP = 0.10
@@ -65,57 +62,6 @@ MEMORY_NOTE = (
     "resident set of the whole process (data set, every earlier scenario's leftovers and Python included), which "
     "only grows through the notebook and so ranks the run order: CPU figures get no memory rank and no ratio."
 )
-
-
-@dataclass
-class ScenarioRecord:
-    """Everything the comparison needs about one scenario; JSON round trip via :meth:`to_dict`.
-
-    Attributes:
-        name: column name, e.g. ``"S1"``.
-        description: one line, e.g. ``"conv4, full ANIL"``.
-        architecture: ``"conv4"``, ``"resnet18"``, ...
-        pretrained_source: ``"ImageNet (torchvision)"``, ``"Omniglot background, supervised"`` or
-            ``"random"``.
-        params: :func:`utils.networks.parameter_table` of the scenario's network.
-        train: the training history and cost.
-        test: evaluation on the standard pool (>= 600 tasks).
-        train_tasks: size of the training task pool.
-        test_seed: evaluation on 100 tasks drawn here, the seed's count (its own tasks are not known), if measured.
-        adaptation_curve: test accuracy after 0, 1, ... inner steps, if measured.
-        meta_batch_size: tasks per outer step, ``None`` when unknown (results saved before it was recorded).
-    """
-
-    name: str
-    description: str
-    architecture: str
-    pretrained_source: str
-    params: dict[str, int]
-    train: TrainResult
-    test: EvalResult
-    train_tasks: int
-    test_seed: EvalResult | None = None
-    adaptation_curve: list[float] | None = None
-    meta_batch_size: int | None = None
-
-    @property
-    def label(self) -> str:
-        """Legend label naming the architecture and the pretraining source."""
-        return f"{self.name}: {self.architecture} ({self.pretrained_source})"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScenarioRecord:
-        """Inverse of :meth:`to_dict`; ``ValueError`` naming missing fields."""
-        kwargs = dataclass_kwargs(cls, data)
-        kwargs["train"] = TrainResult.from_dict(kwargs["train"])
-        kwargs["test"] = EvalResult.from_dict(kwargs["test"])
-        if kwargs.get("test_seed") is not None:
-            kwargs["test_seed"] = EvalResult.from_dict(kwargs["test_seed"])
-        return cls(**kwargs)
 
 
 def training_accuracy(train: TrainResult, end: Literal["first", "last"] = "last") -> float:
