@@ -11,7 +11,8 @@ pools are drawn from their own seeds and stay the same. Nothing here is tuned: t
 It writes ``benchmarks/measured/<cpu>_quick_s2_seeds.csv`` (one row per seed and split: ``scenario``, ``preset``,
 ``seed``, ``split``, ``acc_after``, ``nil``, the CPU model and ISA), each seed's loss history to
 ``results/quick_seeds/`` (to compare histories across code changes), and prints mean ± sd, min and max per
-split. A seed takes about 5-6 minutes on a 2-core AVX2 CPU.
+split. A seed takes about 9-10 minutes with one thread on a 2-core AVX2 CPU; run two seeds side by side with
+``OMP_NUM_THREADS=1`` each, never two 2-thread torch processes on 2 cores.
 """
 
 from __future__ import annotations
