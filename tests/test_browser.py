@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 import nbformat
 import pytest
 
-from tests.test_notebook import _fresh_copy
+from tests.test_notebook import fresh_copy
 from utils.notebook_tools import NOTEBOOK
 
 REPO = NOTEBOOK.parent
@@ -185,7 +185,7 @@ def lab(tmp_path: Path, omniglot_root: Path, cache_dir: Path) -> Iterator[Lab]:
     reason = browser_missing()
     if reason:
         skip_or_fail(reason)
-    root = _fresh_copy(tmp_path / "repo")
+    root = fresh_copy(tmp_path / "repo")
     env = dict(os.environ)
     env.pop("ANIL_HEADLESS", None)  # a caller's shell may hold it; a student's does not
     env.update({"ANIL_PRESET": "smoke", "OMNIGLOT_ROOT": str(omniglot_root.resolve()),

@@ -103,7 +103,7 @@ def test_notebook_problems_detects_each_defect():
         assert expected in problems
 
 
-def _fresh_copy(dest: Path) -> Path:
+def fresh_copy(dest: Path) -> Path:
     """The repository's files as a fresh clone would have them (tracked and new, never ignored ones)."""
     listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             check=True, capture_output=True, text=True).stdout.split("\0")
@@ -117,7 +117,7 @@ def _fresh_copy(dest: Path) -> Path:
 
 def test_notebook_runs_as_committed(tmp_path, omniglot_root, cache_dir):
     """CI: the committed notebook, unchanged, runs top to bottom with ANIL_PRESET=smoke from a fresh copy."""
-    repo = _fresh_copy(tmp_path / "repo")
+    repo = fresh_copy(tmp_path / "repo")
     committed = nbformat.read(repo / NOTEBOOK.name, as_version=4)
     env = {"ANIL_PRESET": "smoke", "OMNIGLOT_ROOT": str(omniglot_root), "OMNIGLOT_CACHE": str(cache_dir),
            "ANIL_REUSE_RESULTS": "0"}  # no ANIL_HEADLESS: the kernel shows the live widget, as for a student
