@@ -311,7 +311,8 @@ class Playground:
         # Stacked, each at most the output area's width (side by side they overflowed a 1,400 px window), and at
         # its own size otherwise: a VBox stretches its children, which blurred the small loss panel.
         for image in (predictions, losses):
-            image.layout = widgets.Layout(max_width="100%", height="auto", align_self="flex-start")
+            # No margin: with ipywidgets' default 2 px, a 100%-wide image overflowed the output area by 2 px.
+            image.layout = widgets.Layout(max_width="100%", height="auto", align_self="flex-start", margin="0")
         return widgets.VBox([*rows, predictions, losses])
 
 
