@@ -45,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from utils.data import to_float
-from utils.io import atomic_torch_save, display_path, ensure_writable_dir
+from utils.io import atomic_torch_save, display_path, ensure_writable_dir, error_path
 
 PRETRAIN_SOURCE = "Omniglot background, supervised"
 CACHE_FORMAT = 2
@@ -307,7 +307,7 @@ def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
             raise ValueError(f"fingerprint {payload['fingerprint']} != {key}")
         return {"state_dict": payload["state_dict"], "stats": dict(payload["stats"])}
     except Exception as err:  # damaged files raise UnpicklingError, EOFError, IndexError, RuntimeError alike
-        warnings.warn(f"Pre-training cache {display_path(path)} is unusable ({type(err).__name__}); retraining.",
+        warnings.warn(f"Pre-training cache {error_path(path)} is unusable ({type(err).__name__}); retraining.",
                       stacklevel=3)
         return None
 

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from experiments.records import ScenarioRecord
-from utils.io import atomic_write_json, atomic_write_text, display_path
+from utils.io import atomic_write_json, atomic_write_text, error_path
 
 RESULTS_FORMAT = 1
 
@@ -127,7 +127,7 @@ def load_cached(results_dir: str | os.PathLike, scenario: str, config_key: str) 
         TypeError,
     ) as err:  # JSONDecodeError: ValueError
         problem = f"unreadable: {type(err).__name__}: {err}"
-    warnings.warn(f"Ignoring the cached result {display_path(path)} ({problem}); the scenario will be recomputed.",
+    warnings.warn(f"Ignoring the cached result {error_path(path)} ({problem}); the scenario will be recomputed.",
                   stacklevel=2)
     return None
 

@@ -370,7 +370,7 @@ def _read_cache(path: Path, split: str, image_size: int) -> OmniglotSplit | None
     else:
         problem = _cache_problem(payload, split, image_size)
     if problem is not None:
-        warnings.warn(f"Omniglot cache {display_path(path)} is corrupt or stale ({problem}); rebuilding it.",
+        warnings.warn(f"Omniglot cache {error_path(path)} is corrupt or stale ({problem}); rebuilding it.",
                       stacklevel=3)
         return None
     return OmniglotSplit(
