@@ -54,7 +54,7 @@ from evaluation.resources import ResourceMonitor, device_name
 from experiments.checkpoint import checkpoint_metadata, read_checkpoint, restore_learner, save_checkpoint
 from experiments.records import TrainResult
 from utils.config import LR_SCHEDULES
-from utils.io import display_path, ensure_writable_dir, error_path
+from utils.io import ensure_writable_dir, error_path
 from utils.tasks import TaskPool
 
 SMOOTHING = 0.9  # EMA factor of the running loss and accuracy shown in the progress bar
@@ -214,7 +214,7 @@ class _Trainer:
             and Path(path).resolve() == self.settings.checkpoint_path.resolve()
         ):
             self.last_checkpoint = state.iteration  # that file already holds this state
-        print(f"Resuming {self.settings.scenario} from {display_path(path)} at iteration {state.iteration}.")
+        print(f"Resuming {self.settings.scenario} from {error_path(path)} at iteration {state.iteration}.")
 
     def step(self) -> None:
         """One outer iteration on the next meta-batch; its loss and accuracy wait, unread, in ``pending``."""
@@ -343,7 +343,7 @@ class _Trainer:
         self.read_pending()
         self.checkpoint(force=True)
         checkpoint = self.settings.checkpoint_path
-        saved = f"; checkpoint: {display_path(checkpoint)}" if self.last_checkpoint is not None else ""
+        saved = f"; checkpoint: {error_path(checkpoint)}" if self.last_checkpoint is not None else ""
         print(
             f"Training of {self.settings.scenario} interrupted after {self.state.iteration} of "
             f"{self.settings.iterations} iterations; the history so far is kept{saved}."

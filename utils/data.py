@@ -50,7 +50,7 @@ from PIL import Image
 from torchvision.datasets import Omniglot
 from tqdm.auto import tqdm
 
-from utils.io import atomic_torch_save, display_path, ensure_writable_dir, error_path
+from utils.io import atomic_torch_save, ensure_writable_dir, error_path
 
 SPLIT_FOLDERS = {"background": "images_background", "evaluation": "images_evaluation"}
 DRAWINGS_PER_CHARACTER = 20

@@ -6,8 +6,9 @@ button, a full disk) therefore leaves the previous version intact.
 
 Two ways to name a file. What the notebook prints into its (committed) outputs goes through
 :func:`display_path`, so that the tutorial (ANIL, Raghu et al., ICLR 2020, arXiv:1909.09157) never shows the
-folders of the machine that ran it. Exceptions and warnings go through :func:`error_path`: an absolute path points at the same
-file from whichever folder the reader runs the modules, where a path relative to the project would mislead.
+folders of the machine that ran it. Exceptions, warnings and messages about an interrupted run go through
+:func:`error_path`: an absolute path points at the same file from whichever folder the reader runs the modules,
+where a path relative to the project would mislead.
 """
 
 from __future__ import annotations
