@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from evaluation.curves import levelled_off
 from evaluation.resources import cpu_isa, cpu_model
 from experiments.scenarios import ABLATIONS, MAML_SPEC, SCENARIOS, load_pretrained_body, make_pools, run_scenario
 from utils.config import resolve_config
@@ -30,25 +31,6 @@ from utils.io import atomic_write_text
 
 MEASURED = Path(__file__).resolve().parent / "measured"
 SPECS = {**SCENARIOS, **ABLATIONS, "MAML": MAML_SPEC}
-LEVEL_FRACTION, LEVEL_POINTS = 0.2, 0.5  # the last 20% of the iterations gain under 0.5 point
-
-
-def levelled_off(curve: pd.DataFrame, fraction: float = LEVEL_FRACTION,
-                 points: float = LEVEL_POINTS) -> tuple[bool, float]:
-    """Whether a validation curve gained under ``points`` (percentage points) over its last ``fraction``.
-
-    Args:
-        curve: rows ``iteration``, ``val_acc`` (a fraction), sorted by iteration.
-
-    Returns:
-        ``(levelled, gain)``: the verdict and the gain in points, from the last validation at or before
-        ``(1 - fraction) * last iteration`` to the best of the remaining ones' mean of the last two (noise).
-    """
-    last = curve["iteration"].iloc[-1]
-    before = curve[curve["iteration"] <= (1 - fraction) * last]["val_acc"].iloc[-1]
-    end = curve["val_acc"].iloc[-2:].mean()
-    gain = 100 * (end - before)
-    return bool(gain < points), float(gain)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,11 +66,13 @@ def main(argv: list[str] | None = None) -> None:
         slug = re.sub(r"[^a-z0-9]+", "_", f"{cpu_model()} {cpu_isa()}".lower()).strip("_")
         atomic_write_text(MEASURED / f"{slug}_full_budget_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.csv",
                           curve.to_csv(index=False))
-        levelled, gain = levelled_off(curve)
+        verdict = levelled_off(record.train.val_history)
         print(curve.to_string(index=False))
+        reading = ("too few validations to tell" if verdict is None else
+                   f"iterations {verdict.start_iteration}->{verdict.end_iteration} gained {verdict.gain_points:+.2f} "
+                   f"points -> {'levelled off' if verdict.levelled else 'still rising'}")
         print(f"{name}: {args.iterations} iterations in {time.perf_counter() - started:.0f} s "
-              f"({record.train.iterations_per_s:.2f} it/s); last 20% gained {gain:+.2f} points -> "
-              f"{'levelled off' if levelled else 'still rising'}; test {100 * record.test.acc_after:.1f}% "
+              f"({record.train.iterations_per_s:.2f} it/s); {reading}; test {100 * record.test.acc_after:.1f}% "
               f"(reported only, not used to choose); {cpu_model()} ({cpu_isa()})", flush=True)
 
 

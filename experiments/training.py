@@ -270,9 +270,10 @@ class _Trainer:
         )
 
     def validation_due(self) -> bool:
-        """Whether this iteration validates."""
-        s = self.settings
-        return s.val_pool is not None and bool(s.val_every) and self.state.iteration % s.val_every == 0
+        """Whether this iteration validates: every ``val_every`` iterations, and at the last one, so that a run
+        shorter than ``val_every`` (or not a multiple of it) still ends with its final validation accuracy."""
+        s, it = self.settings, self.state.iteration
+        return s.val_pool is not None and bool(s.val_every) and (it % s.val_every == 0 or it == s.iterations)
 
     def checkpoint_due(self) -> bool:
         """Whether this iteration's periodic checkpoint is still to be written."""
@@ -280,7 +281,7 @@ class _Trainer:
         return bool(s.checkpoint_every) and it % s.checkpoint_every == 0 and self.last_checkpoint != it
 
     def validate(self) -> float | None:
-        """Post-adaptation accuracy on the validation pool every ``val_every`` iterations (else ``None``)."""
+        """Post-adaptation accuracy on the validation pool when :meth:`validation_due` (else ``None``)."""
         s = self.settings
         if not self.validation_due():
             return None

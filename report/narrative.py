@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from evaluation.curves import LEVEL_FRACTION, LEVEL_POINTS, Levelling, levelled_off
 from evaluation.evaluate import EvalResult, paired_difference
 from evaluation.feature_reuse import FREEZING_COLUMNS
 from experiments.training import outer_lr_factor
@@ -37,7 +38,7 @@ PAPER_SPEEDUP = 1.7  # the ANIL paper's measured training speed-up of ANIL over 
 # The ANIL paper's NIL-testing table, Omniglot 20-way 1-shot: NIL at or above ANIL (percent).
 PAPER_NIL = {"setting": "Omniglot 20-way 1-shot", "anil": 96.2, "nil": 96.7}
 # The presets whose hyperparameters were chosen on one scenario's validation tasks (benchmarks/tune_quick.py).
-TUNED_ON = {"quick": "S2"}
+TUNED_ON = {"quick": "S2", "full": "S2"}  # full reuses quick's settings
 NOT_DISTINGUISHABLE = "not distinguishable"
 
 
@@ -212,6 +213,39 @@ def budget_summary(a: ScenarioRecord, b: ScenarioRecord, schedule: str | None = 
         line = _schedule_line(a, b, points["iterations"][0].iteration, schedule)
         lines += [line] if line else []
     return "\n".join(lines)
+
+
+def _levelling_clause(verdict: Levelling) -> str:
+    if verdict.levelled and verdict.gain_points <= -LEVEL_POINTS:
+        return "falling: more iterations would not help"
+    return "levelled off" if verdict.levelled else "still rising: more iterations would help"
+
+
+def convergence_summary(records: Mapping[str, ScenarioRecord]) -> str:
+    """The budget rule (:func:`evaluation.curves.levelled_off`) applied to each scenario's validation curve.
+
+    Args:
+        records: scenarios by name; each one's ``train.val_history`` is read.
+    """
+    lines = [f"Has each validation curve levelled off? The rule: the last {LEVEL_FRACTION:.0%} of the iterations "
+             f"gain under {LEVEL_POINTS} point of validation accuracy."]
+    for name, r in records.items():
+        verdict = levelled_off(r.train.val_history)
+        if verdict is None:
+            lines.append(f"- {name}: too few validations to tell ({len(r.train.val_history)} in "
+                         f"{r.train.iterations_done:,} iterations).")
+            continue
+        acc = {v["iteration"]: v["acc"] for v in r.train.val_history}
+        lines.append(f"- {name}: {100 * acc[verdict.start_iteration]:.2f}% after {verdict.start_iteration:,} "
+                     f"iterations, {100 * acc[verdict.end_iteration]:.2f}% after {verdict.end_iteration:,}: "
+                     f"{verdict.gain_points:+.2f} points, {_levelling_clause(verdict)}.")
+    return "\n".join(lines)
+
+
+def _not_levelled(records: Mapping[str, ScenarioRecord]) -> list[str]:
+    """The scenarios whose validation curve has not been shown to level off (still rising, or too few points)."""
+    verdicts = {name: levelled_off(r.train.val_history) for name, r in records.items()}
+    return [name for name, verdict in verdicts.items() if verdict is None or not verdict.levelled]
 
 
 def _nil_against_anil(records: Mapping[str, ScenarioRecord]) -> dict[str, tuple[float, bool]]:
@@ -403,7 +437,7 @@ HEAD_INIT_READING = (
 )
 
 
-def feature_reuse_summary(freezing: pd.DataFrame, cka: pd.DataFrame, maml_iterations: int) -> str:
+def feature_reuse_summary(freezing: pd.DataFrame, cka: pd.DataFrame, maml: ScenarioRecord) -> str:
     """Test-time freezing and per-layer CKA of a trained MAML read together, with the numbers (the ANIL paper's
     two tests of feature reuse).
 
@@ -412,7 +446,8 @@ def feature_reuse_summary(freezing: pd.DataFrame, cka: pd.DataFrame, maml_iterat
             ``"all layers"``, ``"head only"``, ``"none (NIL)"``; columns ``accuracy``, ``ci``, the paired
             difference from ``"all layers"``, ``diff_ci``, ``distinguishable``.
         cka: :func:`evaluation.feature_reuse.layer_cka`: one row per layer (the body's, then ``"head"``), ``cka``.
-        maml_iterations: MAML's outer iterations (a short run gives a trend, not the paper's converged result).
+        maml: MAML's record: its iterations, and whether its validation curve levelled off (the paper's finding
+            is about converged models; a run that had not levelled off gives a trend).
     """
     head, nil = freezing.loc["head only"], freezing.loc["none (NIL)"]
     body = cka["cka"].drop("head")
@@ -449,8 +484,20 @@ def feature_reuse_summary(freezing: pd.DataFrame, cka: pd.DataFrame, maml_iterat
                    f"(CKA {body.min():.3f}) along with the head, and freezing the body costs accuracy.")
     if not cka_reuse and _head_clearly_below_nil(freezing):
         reading += " " + HEAD_INIT_READING
-    return (f"{facts} {reading} MAML trained for {maml_iterations:,} iterations here; the paper's finding (body "
-            "almost unchanged, freezing nearly free) is about converged models, so a short run shows a trend.")
+    return f"{facts} {reading} {_maml_budget_sentence(maml)}"
+
+
+def _maml_budget_sentence(maml: ScenarioRecord) -> str:
+    """How long MAML trained, and whether that counts as converged by the validation rule."""
+    verdict, iterations = levelled_off(maml.train.val_history), maml.train.iterations_done
+    if verdict is not None and verdict.levelled:
+        return (f"MAML trained for {iterations:,} iterations, until its validation curve levelled off "
+                f"({verdict.gain_points:+.2f} points over iterations {verdict.start_iteration:,}–"
+                f"{verdict.end_iteration:,}): these are a converged model's figures, the setting of the paper's "
+                "finding.")
+    return (f"MAML trained for {iterations:,} iterations here, and its validation curve had not levelled off; the "
+            "paper's finding (body almost unchanged, freezing nearly free) is about converged models, so this run "
+            "shows a trend.")
 
 
 UNTRAINED = "the body without meta-training (head from zero)"
@@ -528,14 +575,20 @@ def _answer_point(anil: ScenarioRecord, maml: ScenarioRecord, freezing: pd.DataF
     question = "**Rapid learning or feature reuse?"
     if not failed:
         return f"- {question} Feature reuse**, as the ANIL paper found: {_names(held)}."
+    converged = not _not_levelled({"MAML": maml})
     verdict = "Not feature reuse" if not held else "Not clearly feature reuse"
-    text = (f"- {question} {verdict} at this budget** (MAML: {maml.train.iterations_done:,} outer iterations): "
+    budget = (f"MAML: {maml.train.iterations_done:,} outer iterations"
+              + (", its validation curve levelled off" if converged else ""))
+    text = (f"- {question} {verdict}{'' if converged else ' at this budget'}** ({budget}): "
             + (f"{_names(failed)}." if not held else f"{_names(held)}, but {_names(failed)}."))
     still = [name for name, value in body.items() if value >= UNCHANGED_CKA]
-    trend = (f"The trend points the paper's way: {len(still)} of {len(body)} conv blocks are unchanged "
-             f"(CKA ≥ {UNCHANGED_CKA}); the paper trained MAML to convergence."
-             if still and not cka_reuse else "The paper trained MAML to convergence.")
-    return f"{text} {trend}"
+    unchanged = f"{len(still)} of {len(body)} conv blocks are unchanged (CKA ≥ {UNCHANGED_CKA})"
+    if converged:
+        trend = f"Still, {unchanged}." if still and not cka_reuse else ""
+    else:
+        trend = (f"The trend points the paper's way: {unchanged}; the paper trained MAML to convergence."
+                 if still and not cka_reuse else "The paper trained MAML to convergence.")
+    return f"{text} {trend}".rstrip()
 
 
 def _nil_point(records: Mapping[str, ScenarioRecord]) -> str | None:
@@ -662,11 +715,15 @@ def _caveat_point(records: Mapping[str, ScenarioRecord], config: Any) -> str:
         budgets.setdefault(r.train.iterations_done, []).append(name)
     listed = ", ".join(f"{_names(names)} {count:,}" + (" each" if len(names) > 1 else "")
                        for count, names in budgets.items())
-    text = f"- **Read with care.** Outer iterations: {listed}; short runs show trends."
+    rising = _not_levelled(records)
+    state = (f"every validation curve levelled off (its last {LEVEL_FRACTION:.0%} gained under {LEVEL_POINTS} point)"
+             if not rising else
+             f"{_names(rising)} had not levelled off, so {'its' if len(rising) == 1 else 'their'} numbers are trends")
+    text = f"- **Read with care.** Outer iterations: {listed}; {state}."
     tuned = TUNED_ON.get(config.preset)
     if tuned:
-        text += (f" The preset was tuned on {tuned}'s validation tasks (`benchmarks/tune_quick.py`); the others "
-                 "reuse its settings.")
+        text += (f" The settings were tuned on {tuned}'s validation tasks (`benchmarks/tune_quick.py`); the others "
+                 "reuse them.")
     return text
 
 
@@ -703,7 +760,7 @@ def conclusions(records: Mapping[str, ScenarioRecord], anil_at_budget: ScenarioR
         if "S1" in records and "S2" in records else None,
         _pretrained_point(records["S3"], records["S4"]) if "S3" in records and "S4" in records else None,
         _seed_point(records, config),
-        _caveat_point(records, config),
+        _caveat_point({**records, "MAML": maml_record}, config),
     ]
     lead = ("± on an accuracy: its 95% interval; on a difference in points: the paired 95% interval on the same "
             "tasks (section 7).")

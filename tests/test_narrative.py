@@ -134,16 +134,23 @@ def _cka(values):
     return pd.DataFrame({"cka": values}, index=["body.block1", "body.block2", "body.block3", "body.block4", "head"])
 
 
+def _maml(iterations: int, val: list[tuple[int, float]] | None = None):
+    """A MAML record trained ``iterations`` steps, with validations ``(iteration, accuracy)``."""
+    history = [{"iteration": i, "acc": acc, "ci": 0.01} for i, acc in val or []]
+    return fake_record("MAML", fake_train([1.0] * iterations, [0.5] * iterations, val_history=history),
+                       fake_eval([0.2] * 4, [0.8] * 4))
+
+
 def test_feature_reuse_summary_reads_freezing_and_cka_together():
-    both = narrative.feature_reuse_summary(_freezing(-0.005, 0.01), _cka([1.0, 0.999, 0.99, 0.95, 0.45]), 400)
+    both = narrative.feature_reuse_summary(_freezing(-0.005, 0.01), _cka([1.0, 0.999, 0.99, 0.95, 0.45]), _maml(400))
     assert "Both tests agree with the paper" in both
     assert "-0.5 ± 1.0 points against all layers: not distinguishable" in both
     assert "body.block4 0.950; head 0.450" in both and "400 iterations" in both
-    disagree = narrative.feature_reuse_summary(_freezing(-0.30, 0.03), _cka([1.0, 1.0, 0.99, 0.93, 0.6]), 10)
+    disagree = narrative.feature_reuse_summary(_freezing(-0.30, 0.03), _cka([1.0, 1.0, 0.99, 0.93, 0.6]), _maml(10))
     assert "The two tests disagree here" in disagree and "loses 30.0 points" in disagree
     assert "worse than no adaptation at all (NIL)" in disagree  # head only 50% < NIL 70%
     neither = narrative.feature_reuse_summary(_freezing(-0.30, 0.03, nil_acc=0.4),
-                                              _cka([1.0, 1.0, 0.992, 0.873, 0.668]), 10)
+                                              _cka([1.0, 1.0, 0.992, 0.873, 0.668]), _maml(10))
     assert "Neither test shows complete feature reuse" in neither and "3 of its 4 body layers" in neither
     assert "body.block4 moves (CKA 0.873)" in neither and "a clear drop" in neither
     assert "worse than no adaptation" not in neither
@@ -193,11 +200,11 @@ def test_budget_summary_names_what_still_differs_at_equal_iterations():
 def test_feature_reuse_summary_points_at_the_head_initialisation_when_head_only_is_below_nil():
     # The committed quick run: head only 36.0%, NIL 67.6%, all layers 73.8%; block4 moves.
     text = narrative.feature_reuse_summary(_freezing(-0.377, 0.028, nil_acc=0.676),
-                                           _cka([1.0, 1.0, 0.992, 0.873, 0.668]), 10)
+                                           _cka([1.0, 1.0, 0.992, 0.873, 0.668]), _maml(10))
     assert "Neither test shows complete feature reuse" in text
     assert "learnt initialisation" in text and "not only at rapid learning" in text
     close = narrative.feature_reuse_summary(_freezing(-0.30, 0.03, nil_acc=0.51),  # head 50% ± 2, NIL 51% ± 2
-                                            _cka([1.0, 1.0, 0.992, 0.873, 0.668]), 10)
+                                            _cka([1.0, 1.0, 0.992, 0.873, 0.668]), _maml(10))
     assert "learnt initialisation" not in close
 
 
@@ -325,3 +332,48 @@ def test_conclusions_open_with_feature_reuse_when_anil_matches_cka_is_one_and_fr
     assert "MAML's head adapted alone" not in text  # head only (73.4%) is not below NIL (72.0%) here
     numbers = _numbers(text)
     assert len(numbers) == len(set(numbers)) and len(text.split()) <= narrative.MAX_CONCLUSION_WORDS
+
+
+def test_feature_reuse_summary_calls_a_levelled_maml_converged_and_a_rising_one_a_trend():
+    freezing, cka = _freezing(-0.30, 0.03), _cka([1.0, 1.0, 0.99, 0.93, 0.6])
+    levelled = narrative.feature_reuse_summary(freezing, cka, _maml(1000, [(800, 0.900), (900, 0.903), (1000, 0.904)]))
+    assert "until its validation curve levelled off (+0.40 points over iterations 800–1,000)" in levelled
+    assert "converged model's figures" in levelled and "trend" not in levelled
+    rising = narrative.feature_reuse_summary(freezing, cka, _maml(1000, [(800, 0.880), (1000, 0.900)]))
+    assert "had not levelled off" in rising and "shows a trend" in rising
+    assert "had not levelled off" in narrative.feature_reuse_summary(freezing, cka, _maml(10))  # no validations
+
+
+def test_convergence_summary_applies_the_rule_to_each_curve():
+    def rec(name, val):
+        steps = val[-1][0]
+        return fake_record(name, fake_train([1.0] * steps, [0.5] * steps,
+                                            val_history=[{"iteration": i, "acc": a, "ci": 0.0} for i, a in val]),
+                           fake_eval([0.2], [0.9]))
+
+    text = narrative.convergence_summary({
+        "S1": rec("S1", [(50, 0.90), (800, 0.970), (1000, 0.9745)]),
+        "S2": rec("S2", [(1600, 0.960), (2000, 0.970)]),
+        "S3": rec("S3", [(150, 0.80), (200, 0.79)]),
+        "S4": rec("S4", [(10, 0.75)]),
+    })
+    assert "the last 20% of the iterations gain under 0.5 point" in text
+    assert "- S1: 97.00% after 800 iterations, 97.45% after 1,000: +0.45 points, levelled off." in text
+    assert "- S2: 96.00% after 1,600 iterations, 97.00% after 2,000: +1.00 points, still rising" in text
+    assert "- S3: 80.00% after 150 iterations, 79.00% after 200: -1.00 points, falling" in text
+    assert "- S4: too few validations to tell (1 in 10 iterations)." in text
+
+
+def test_conclusions_of_a_run_whose_curves_levelled_off_drop_the_short_run_caveats():
+    args, kwargs = _quick_run(anil_minus_maml=0.004)
+    records, maml = args[0], args[2]
+    flat = [{"iteration": i, "acc": 0.9, "ci": 0.01} for i in (800, 1000)]
+    for r in (*records.values(), maml):
+        r.train.val_history = flat
+    text = narrative.conclusions(*args, **kwargs)
+    opening = text.split("\n- ")[1]
+    assert "at this budget" not in opening and "its validation curve levelled off" in opening
+    assert "every validation curve levelled off" in text and "trends" not in text
+    records["S3"].train.val_history = [{"iteration": i, "acc": a, "ci": 0.01} for i, a in ((8, 0.5), (10, 0.6))]
+    text = narrative.conclusions(*args, **kwargs)
+    assert "S3 had not levelled off" in text and "its numbers are trends" in text

@@ -168,6 +168,15 @@ def test_validation_runs_on_the_validation_pool_every_k_iterations(pool, backgro
         run(make_anil(), pool, iterations=2, val_every=2)
 
 
+def test_a_run_shorter_than_val_every_still_ends_with_a_validation(pool, background28):
+    # A student who lowers the iterations below val_every must still get a validation curve (the notebook plots it).
+    val_pool = make_pool(background28, num_tasks=4, seed=7)
+    assert [v["iteration"] for v in run(make_anil(), pool, iterations=3, val_pool=val_pool,
+                                        val_every=5).val_history] == [3]
+    assert [v["iteration"] for v in run(make_anil(), pool, iterations=5, val_pool=val_pool,
+                                        val_every=2).val_history] == [2, 4, 5]
+
+
 def test_maml_trains_and_resumes_through_the_same_interface(pool, tmp_path):
     maml = MAML(*conv4(), inner_lr=0.4, inner_steps=1)
     checkpoint = tmp_path / "maml.pt"
