@@ -12,7 +12,8 @@ import nbformat
 import pytest
 
 from report.narrative import pct
-from utils.notebook_tools import NOTEBOOK, cell_seconds, execute, slowest_cells, strip_volatile
+from report.reference import load_reference, reference_label
+from utils.notebook_tools import CONVERGED_REFERENCE, NOTEBOOK, cell_seconds, execute, slowest_cells, strip_volatile
 
 REPO = NOTEBOOK.parent
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
@@ -87,6 +88,39 @@ def test_committed_notebook_is_clean():
     assert Path(NOTEBOOK).stat().st_size < 5 * 2**20
 
 
+def _outputs_text(notebook: nbformat.NotebookNode) -> str:
+    return "\n".join(t for c in notebook.cells if c.cell_type == "code" for t in _output_texts(c))
+
+
+def _configuration(notebook: nbformat.NotebookNode) -> dict[str, str]:
+    """The resolved configuration as the committed notebook prints it (the table under section 2)."""
+    cell = next(c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("device = pick_device"))
+    table = next(o for o in cell.outputs if "text/plain" in o.get("data", {}))["data"]["text/plain"]
+    return dict(line.split(maxsplit=1) for line in table.splitlines()[2:] if len(line.split(maxsplit=1)) == 2)
+
+
+def test_committed_notebook_is_the_converged_full_run():
+    config = _configuration(nbformat.read(NOTEBOOK, as_version=4))
+    assert config["preset"] == "full" and config["analysis_pool"] == "test"
+    assert int(config["s1_iterations"]) == int(config["maml_iterations"]) >= 1000
+    assert int(config["resnet_iterations"]) >= 200
+
+
+def test_converged_reference_agrees_with_the_committed_notebook():
+    reference = load_reference(CONVERGED_REFERENCE)
+    assert reference is not None, f"{CONVERGED_REFERENCE.name} is missing: `make notebook` writes it"
+    assert reference["preset"] == "full" and reference["machine"] and reference["commit"] and reference["date"]
+    text = _outputs_text(nbformat.read(NOTEBOOK, as_version=4))
+    accuracies = {key: value for key, value in reference.items() if key.startswith("acc")}
+    assert {"acc_S1", "acc_S2", "acc_S3", "acc_S4", "acc_MAML", "acc_NIL (S2)"} <= set(accuracies)
+    missing = {key: f"{100 * value:.1f}" for key, value in accuracies.items() if f"{100 * value:.1f}" not in text}
+    assert not missing, f"accuracies of the reference absent from the committed notebook: {missing}"
+    difference = reference["anil_minus_maml"]
+    assert f"{100 * difference['mean']:+.1f} ± {100 * difference['ci']:.1f} points" in text
+    assert all(f"{value:.3f}" in text for value in reference["cka"].values() if value is not None)
+    assert "Notebook wall time" in text and "preset 'full'" in text
+
+
 def test_readme_has_no_machine_path():
     assert machine_paths((REPO / "README.md").read_text(encoding="utf-8")) == []
 
@@ -132,6 +166,8 @@ def test_notebook_runs_as_committed(tmp_path, omniglot_root, cache_dir):
     assert notebook_problems(notebook) == []  # no error, and no path of this machine in any output
     text = "\n".join(t for c in notebook.cells if c.cell_type == "code" for t in _output_texts(c))
     assert "Notebook wall time" in text and "preset 'smoke'" in text
+    # A shorter run reads its numbers beside the committed converged ones.
+    assert f"beside the **{reference_label(load_reference(CONVERGED_REFERENCE))}**" in text
     # The S2 summary sentence states exactly the accuracy stored in S2's result file.
     record = json.loads(next((repo / "results").glob("S2-*.json")).read_text())["record"]
     assert f"{pct(record['test']['acc_after'])} ± {pct(record['test']['ci_after'])}" in text
