@@ -9,14 +9,16 @@ the last 20% of the iterations gain under 0.5 point of validation accuracy::
     python -m benchmarks.full_budget --data-root data --scenarios MAML S1 --iterations 1000 --val-every 50
 
 It writes ``benchmarks/measured/<cpu>_full_budget_<scenario>.csv`` (iteration, training seconds, validation
-accuracy and its CI) and prints the rule's verdict per scenario.
+accuracy and its CI) and prints the rule's verdict per scenario. ``--from-results results --preset full`` trains
+nothing: it applies the rule to the scenarios a notebook run cached (``make notebook`` runs ``full`` into
+``results/``) and writes their curves to ``benchmarks/measured/<cpu>_full_run_validation.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +26,7 @@ import torch
 
 from evaluation.curves import levelled_off
 from evaluation.resources import cpu_isa, cpu_model
+from experiments.records import ScenarioRecord
 from experiments.scenarios import ABLATIONS, MAML_SPEC, SCENARIOS, load_pretrained_body, make_pools, run_scenario
 from utils.config import resolve_config
 from utils.data import load_omniglot
@@ -31,6 +34,51 @@ from utils.io import atomic_write_text
 
 MEASURED = Path(__file__).resolve().parent / "measured"
 SPECS = {**SCENARIOS, **ABLATIONS, "MAML": MAML_SPEC}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def validation_curve(name: str, record: ScenarioRecord) -> pd.DataFrame:
+    """One row per validation: scenario, iteration, training seconds so far, accuracy and its 95% half-width."""
+    return pd.DataFrame([{"scenario": name, "iteration": v["iteration"], "train_s": v.get("wall_time_s"),
+                          "val_acc": v["acc"], "val_ci": v["ci"]} for v in record.train.val_history])
+
+
+def verdict_line(name: str, record: ScenarioRecord) -> str:
+    """The rule's verdict on one scenario, with its speed and (reported only) test accuracy."""
+    verdict = levelled_off(record.train.val_history)
+    reading = ("too few validations to tell" if verdict is None else
+               f"iterations {verdict.start_iteration}->{verdict.end_iteration} gained {verdict.gain_points:+.2f} "
+               f"points -> {'levelled off' if verdict.levelled else 'still rising'}")
+    return (f"{name}: {record.train.iterations_done} iterations, {record.train.wall_time_s:.0f} s of training "
+            f"({record.train.iterations_per_s:.2f} it/s); {reading}; test {100 * record.test.acc_after:.1f}% "
+            "(reported only, not used to choose)")
+
+
+def from_results(results_dir: Path, preset: str, measured: Path = MEASURED) -> Path:
+    """Apply the rule to every scenario a notebook run of ``preset`` cached in ``results_dir``; one CSV for all,
+    written to ``measured``, whose path is returned.
+
+    Raises:
+        FileNotFoundError: ``results_dir`` holds no result of ``preset`` (names the folder and the fix).
+    """
+    records = {}
+    for path in sorted(results_dir.glob("*.json")):
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if document.get("config", {}).get("preset") == preset and "record" in document:
+            records[document["scenario"]] = ScenarioRecord.from_dict(document["record"])
+    if not records:
+        raise FileNotFoundError(f"No result of preset {preset!r} in {results_dir.resolve()}: run the notebook with "
+                                f"ANIL_PRESET={preset} (or `make notebook`) first.")
+    curves = pd.concat([validation_curve(name, record) for name, record in records.items()])
+    out = measured / f"{_slug(f'{cpu_model()} {cpu_isa()}')}_{preset}_run_validation.csv"
+    atomic_write_text(out, curves.to_csv(index=False))
+    for name, record in records.items():
+        print(verdict_line(name, record))
+    print(f"{len(curves)} validations of {len(records)} scenarios -> {out.name}; {cpu_model()} ({cpu_isa()})")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--val-every", type=int, default=50)
     p.add_argument("--results-dir", type=Path, default=Path("results") / "full_budget")
+    p.add_argument("--from-results", type=Path, default=None,
+                   help="train nothing: apply the rule to the runs of --preset cached in this folder (a notebook's)")
     args = p.parse_args(argv)
+    if args.from_results is not None:
+        from_results(args.from_results, args.preset)
+        return
     device = torch.device("cpu")
     fields = {SPECS[name].iterations_field for name in args.scenarios}
     config = resolve_config(args.preset, device, val_every=args.val_every,
@@ -57,23 +110,14 @@ def main(argv: list[str] | None = None) -> None:
         if resnet and body is None:
             body = load_pretrained_body("omniglot", config, pools.train_images, device,
                                         args.results_dir / "pretrained", progress=False)
-        started = time.perf_counter()
         record = run_scenario(spec, config, pools, device, results_dir=args.results_dir, progress=False,
                               reuse=False, body_state=body.state_dict if resnet else None,
                               source=body.source if resnet else "random")
-        curve = pd.DataFrame([{"scenario": name, "iteration": v["iteration"], "train_s": v.get("wall_time_s"),
-                               "val_acc": v["acc"], "val_ci": v["ci"]} for v in record.train.val_history])
-        slug = re.sub(r"[^a-z0-9]+", "_", f"{cpu_model()} {cpu_isa()}".lower()).strip("_")
-        atomic_write_text(MEASURED / f"{slug}_full_budget_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.csv",
+        curve = validation_curve(name, record)
+        atomic_write_text(MEASURED / f"{_slug(f'{cpu_model()} {cpu_isa()}')}_full_budget_{_slug(name)}.csv",
                           curve.to_csv(index=False))
-        verdict = levelled_off(record.train.val_history)
         print(curve.to_string(index=False))
-        reading = ("too few validations to tell" if verdict is None else
-                   f"iterations {verdict.start_iteration}->{verdict.end_iteration} gained {verdict.gain_points:+.2f} "
-                   f"points -> {'levelled off' if verdict.levelled else 'still rising'}")
-        print(f"{name}: {args.iterations} iterations in {time.perf_counter() - started:.0f} s "
-              f"({record.train.iterations_per_s:.2f} it/s); {reading}; test {100 * record.test.acc_after:.1f}% "
-              f"(reported only, not used to choose); {cpu_model()} ({cpu_isa()})", flush=True)
+        print(f"{verdict_line(name, record)}; {cpu_model()} ({cpu_isa()})", flush=True)
 
 
 if __name__ == "__main__":

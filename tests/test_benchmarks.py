@@ -49,3 +49,30 @@ def test_batchnorm_benchmark_counts_fewer_passes_for_grouped_norm(tmp_path):
     assert table.passes["GroupedNorm"] < table.passes["autograd"]
     assert table.kernels["GroupedNorm"] < table.kernels["autograd"]
     assert (tmp_path / "batchnorm.csv").read_text().startswith("variant,kernels,passes")
+
+
+def test_full_budget_applies_the_rule_to_a_notebook_runs_cached_results(tmp_path, capsys):
+    import pandas as pd
+    import pytest
+    from evaluation_support import fake_eval, fake_record, fake_train
+
+    from benchmarks.full_budget import from_results
+    from experiments.results import save_result
+    from utils.config import resolve_config
+
+    config = resolve_config("full", "cpu")
+    for name, accs in {"S1": (0.90, 0.95, 0.952), "MAML": (0.80, 0.85, 0.90)}.items():
+        history = [{"iteration": i, "acc": a, "ci": 0.01, "wall_time_s": i / 5}
+                   for i, a in zip((50, 800, 1000), accs, strict=True)]
+        record = fake_record(name, fake_train([1.0] * 1000, [0.5] * 1000, val_history=history), fake_eval([0.2], [0.9]))
+        save_result(tmp_path / "results", record, config, iterations=1000)
+    save_result(tmp_path / "results", record, resolve_config("quick", "cpu"), iterations=10)  # another preset
+    out = from_results(tmp_path / "results", "full", measured=tmp_path)
+    printed = capsys.readouterr().out
+    assert "S1: 1000 iterations" in printed and "800->1000 gained +0.20 points -> levelled off" in printed
+    assert "MAML: 1000 iterations" in printed and "800->1000 gained +5.00 points -> still rising" in printed
+    curves = pd.read_csv(out)
+    assert len(curves) == 6 and set(curves["scenario"]) == {"S1", "MAML"}
+    assert out.name.endswith("_full_run_validation.csv")
+    with pytest.raises(FileNotFoundError, match="ANIL_PRESET=paper"):
+        from_results(tmp_path / "results", "paper", measured=tmp_path)
