@@ -19,7 +19,7 @@ from report.reference import (
     save_headline,
     shows_reference,
 )
-from utils.notebook_tools import drop_progress_bars, write_reference
+from utils.notebook_tools import drop_progress_bars, git_commit, write_reference
 
 
 def _numbers() -> dict:
@@ -67,6 +67,23 @@ def test_make_notebook_turns_a_full_headline_into_the_reference(tmp_path):
                            digits=3)
     assert cka.loc["body.block1"].tolist() == [0.5, 0.99]
     assert not shows_reference("quick", None)
+
+
+def test_the_commit_counts_code_changes_but_not_the_files_make_notebook_rewrites(tmp_path):
+    repo = _git_repo(tmp_path / "repo")
+    (repo / "evaluation").mkdir()
+    for name in ("anil_on_omniglot.ipynb", "evaluation/converged_reference.json", "algorithm.py"):
+        (repo / name).write_text("0\n")
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "y"],
+                   check=True)
+    clean = git_commit(repo)
+    assert len(clean) >= 7 and "+" not in clean
+    (repo / "anil_on_omniglot.ipynb").write_text("1\n")  # a fresh run's outputs
+    (repo / "evaluation" / "converged_reference.json").write_text("1\n")
+    assert git_commit(repo) == clean
+    (repo / "algorithm.py").write_text("1\n")  # code the commit does not hold
+    assert git_commit(repo) == f"{clean}+changes"
 
 
 def test_reference_errors_name_the_file(tmp_path):

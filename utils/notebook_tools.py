@@ -135,12 +135,18 @@ def drop_progress_bars(notebook: nbformat.NotebookNode) -> int:
 
 
 def git_commit(folder: Path) -> str:
-    """The short commit of ``folder``'s checkout, with ``+changes`` when the working tree differs from it."""
+    """The short commit of ``folder``'s checkout, with ``+changes`` when its code differs from that commit.
+
+    The notebook and the converged reference are left out of the comparison: ``make notebook`` rewrites both, so
+    they differ from the commit after every run whatever code produced them.
+    """
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    generated = [f":(exclude,top){path.relative_to(NOTEBOOK.parent)}" for path in (NOTEBOOK, CONVERGED_REFERENCE)]
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ":/", *generated)
+                     else "")
 
 
 def write_reference(headline: Path, destination: Path = CONVERGED_REFERENCE) -> Path:
