@@ -122,6 +122,19 @@ def _lookup(reference: Mapping[str, Any], path: str) -> float:
     return float(value)
 
 
+def reference_status(preset: str, reference: Mapping[str, Any] | None) -> str:
+    """One line for the top of a run: which converged reference it shows, or that this run is the reference.
+
+    A ``full`` run never shows the committed reference beside itself: ``make notebook`` replaces it with this run.
+    """
+    if preset == REFERENCE_PRESET:
+        return (f"Converged reference: this run (preset {REFERENCE_PRESET!r}); `make notebook` saves its headline "
+                f"numbers as the reference that shorter runs show beside their own.")
+    if reference is None:
+        return "Converged reference: none committed yet."
+    return f"Converged reference: {reference_label(reference)}, shown beside this run's numbers."
+
+
 def shows_reference(preset: str, reference: Mapping[str, Any] | None) -> bool:
     """Whether a run of ``preset`` shows the reference beside its numbers: any preset but the reference's own."""
     return reference is not None and preset != reference.get("preset")

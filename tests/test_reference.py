@@ -16,6 +16,7 @@ from report.reference import (
     load_reference,
     reference_accuracies,
     reference_label,
+    reference_status,
     save_headline,
     shows_reference,
 )
@@ -67,6 +68,10 @@ def test_make_notebook_turns_a_full_headline_into_the_reference(tmp_path):
                            digits=3)
     assert cka.loc["body.block1"].tolist() == [0.5, 0.99]
     assert not shows_reference("quick", None)
+    shown_line = f"Converged reference: {reference_label(reference)}, shown beside this run's numbers."
+    assert reference_status("quick", reference) == shown_line
+    assert "this run (preset 'full')" in reference_status("full", reference) == reference_status("full", None)
+    assert reference_status("smoke", None) == "Converged reference: none committed yet."
 
 
 def test_the_commit_counts_code_changes_but_not_the_files_make_notebook_rewrites(tmp_path):
