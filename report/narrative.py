@@ -215,10 +215,24 @@ def budget_summary(a: ScenarioRecord, b: ScenarioRecord, schedule: str | None = 
     return "\n".join(lines)
 
 
-def _levelling_clause(verdict: Levelling) -> str:
-    if verdict.levelled and verdict.gain_points <= -LEVEL_POINTS:
+def _levelling_clause(verdict: Levelling, half_width: float | None = None) -> str:
+    """The rule's reading; ``half_width`` (points) is the paired interval of the gain on the validation tasks."""
+    if not verdict.levelled:
+        return "still rising: more iterations would help"
+    if verdict.gain_points <= -LEVEL_POINTS:
+        if half_width is not None and -verdict.gain_points <= half_width:
+            return "levelled off (the drop lies inside the paired interval: noise of these tasks, not a decline)"
         return "falling: more iterations would not help"
-    return "levelled off" if verdict.levelled else "still rising: more iterations would help"
+    return "levelled off"
+
+
+def _levelling_interval(val_history: Sequence[Mapping[str, Any]], verdict: Levelling) -> float | None:
+    """Paired 95% half-width, in points, of the rule's gain: both validations scored the same tasks."""
+    per_task = {v["iteration"]: v.get("per_task") for v in val_history}
+    start, end = per_task.get(verdict.start_iteration), per_task.get(verdict.end_iteration)
+    if not start or not end or len(start) != len(end):
+        return None
+    return 100 * paired_difference(end, start)[1]
 
 
 def convergence_summary(records: Mapping[str, ScenarioRecord]) -> str:
@@ -236,9 +250,11 @@ def convergence_summary(records: Mapping[str, ScenarioRecord]) -> str:
                          f"{r.train.iterations_done:,} iterations).")
             continue
         acc = {v["iteration"]: v["acc"] for v in r.train.val_history}
+        half = _levelling_interval(r.train.val_history, verdict)
+        interval = "" if half is None else f" (paired 95% interval ± {half:.2f})"
         lines.append(f"- {name}: {100 * acc[verdict.start_iteration]:.2f}% after {verdict.start_iteration:,} "
                      f"iterations, {100 * acc[verdict.end_iteration]:.2f}% after {verdict.end_iteration:,}: "
-                     f"{verdict.gain_points:+.2f} points, {_levelling_clause(verdict)}.")
+                     f"{verdict.gain_points:+.2f} points{interval}, {_levelling_clause(verdict, half)}.")
     return "\n".join(lines)
 
 
@@ -585,6 +601,9 @@ def _answer_point(anil: ScenarioRecord, maml: ScenarioRecord, freezing: pd.DataF
     unchanged = f"{len(still)} of {len(body)} conv blocks are unchanged (CKA ≥ {UNCHANGED_CKA})"
     if converged:
         trend = f"Still, {unchanged}." if still and not cka_reuse else ""
+        if cka_reuse and not freezing_reuse:
+            trend = ("Freezing departs from the paper, perhaps because this MAML's inner loop also adapts BatchNorm's "
+                     "γ and β, unlike the paper's (section 6).")
     else:
         trend = (f"The trend points the paper's way: {unchanged}; the paper trained MAML to convergence."
                  if still and not cka_reuse else "The paper trained MAML to convergence.")

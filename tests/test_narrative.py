@@ -362,6 +362,20 @@ def test_convergence_summary_applies_the_rule_to_each_curve():
     assert "- S2: 96.00% after 1,600 iterations, 97.00% after 2,000: +1.00 points, still rising" in text
     assert "- S3: 80.00% after 150 iterations, 79.00% after 200: -1.00 points, falling" in text
     assert "- S4: too few validations to tell (1 in 10 iterations)." in text
+    # With per-task validation accuracies the gain gets its paired interval, and a drop inside it is noise.
+    noisy = [{"iteration": 800, "acc": 0.96, "ci": 0.0, "per_task": [1.0] * 6 + [0.9] * 4},
+             {"iteration": 1000, "acc": 0.95, "ci": 0.0, "per_task": [0.9] * 5 + [1.0] * 5}]
+    steady = [{"iteration": 800, "acc": 0.96, "ci": 0.0, "per_task": [0.96] * 10},
+              {"iteration": 1000, "acc": 0.95, "ci": 0.0, "per_task": [0.95] * 10}]
+    records = {"A": rec("A", [(800, 0.96), (1000, 0.95)]), "B": rec("B", [(800, 0.96), (1000, 0.95)])}
+    records["A"].train.val_history, records["B"].train.val_history = noisy, steady
+    text = narrative.convergence_summary(records)
+    half = 100 * paired_difference(noisy[1]["per_task"], noisy[0]["per_task"])[1]
+    assert half > 1.0  # tasks that swap between right and wrong: a wide interval
+    assert (f"- A: 96.00% after 800 iterations, 95.00% after 1,000: -1.00 points (paired 95% interval ± {half:.2f}), "
+            "levelled off (the drop lies inside the paired interval") in text
+    assert ("- B: 96.00% after 800 iterations, 95.00% after 1,000: -1.00 points (paired 95% interval ± 0.00), "
+            "falling: more iterations would not help.") in text
 
 
 def test_conclusions_of_a_run_whose_curves_levelled_off_drop_the_short_run_caveats():
@@ -377,3 +391,12 @@ def test_conclusions_of_a_run_whose_curves_levelled_off_drop_the_short_run_cavea
     records["S3"].train.val_history = [{"iteration": i, "acc": a, "ci": 0.01} for i, a in ((8, 0.5), (10, 0.6))]
     text = narrative.conclusions(*args, **kwargs)
     assert "S3 had not levelled off" in text and "its numbers are trends" in text
+    # Converged, CKA near 1, yet freezing costs: the opening says where it departs from the paper, and why it may.
+    args, kwargs = _quick_run(cka=(1.0, 0.999, 0.996, 0.98, 0.5))
+    for r in (*args[0].values(), args[2]):
+        r.train.val_history = flat
+    text = narrative.conclusions(*args, **kwargs)
+    opening = text.split("\n- ")[1]
+    assert "barely moves its conv blocks (CKA ≥ 0.980)" in opening and "costs 37.7 ± 2.8 points" in opening
+    assert "Freezing departs from the paper, perhaps because" in opening and "γ and β" in opening
+    assert len(text.split()) <= narrative.MAX_CONCLUSION_WORDS

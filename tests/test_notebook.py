@@ -100,10 +100,22 @@ def _configuration(notebook: nbformat.NotebookNode) -> dict[str, str]:
 
 
 def test_committed_notebook_is_the_converged_full_run():
-    config = _configuration(nbformat.read(NOTEBOOK, as_version=4))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    config = _configuration(notebook)
     assert config["preset"] == "full" and config["analysis_pool"] == "test"
     assert int(config["s1_iterations"]) == int(config["maml_iterations"]) >= 1000
     assert int(config["resnet_iterations"]) >= 200
+    # The levelling-off rule, read by the notebook itself, holds for S1-S4 and for both sides of ANIL vs MAML.
+    text = _outputs_text(notebook)
+    rule = (r"^- (.+?): [\d.]+% after [\d,]+ iterations, [\d.]+% after [\d,]+: [+-][\d.]+ points"
+            r"(?: \(paired 95% interval ± [\d.]+\))?, (.+)\.$")
+    verdicts = re.findall(rule, text, flags=re.MULTILINE)
+    assert {name for name, _ in verdicts} == {"S1", "S2", "S3", "S4", "ANIL (MAML budget)", "MAML"}
+    assert not [verdict for _, verdict in verdicts if "still rising" in verdict], verdicts  # each gained < 0.5
+    # Accuracy against iterations and against training seconds, for S1, S2 and MAML: one figure, two panels.
+    figure = 'display(plot_validation_curves({"S1": records["S1"], "S2": records["S2"], "MAML"'
+    cell = next(c for c in notebook.cells if c.cell_type == "code" and c.source.startswith(figure))
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs)
 
 
 def test_converged_reference_agrees_with_the_committed_notebook():
@@ -119,6 +131,19 @@ def test_converged_reference_agrees_with_the_committed_notebook():
     assert f"{100 * difference['mean']:+.1f} ± {100 * difference['ci']:.1f} points" in text
     assert all(f"{value:.3f}" in text for value in reference["cka"].values() if value is not None)
     assert "Notebook wall time" in text and "preset 'full'" in text
+
+
+def test_the_top_of_the_notebook_names_the_run_it_shows():
+    """The opening note gives the committed run's preset, budgets, wall time and CPU, checked against its outputs."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    top, text, config = notebook.cells[0].source, _outputs_text(notebook), _configuration(notebook)
+    seconds = int(re.search(r"Notebook wall time: (\d+) s with preset 'full'", text).group(1))
+    assert "**`full`**" in top and f"**{round(seconds / 60)} min**" in top
+    assert (f"S1 and MAML trained {int(config['s1_iterations']):,} outer iterations each, "
+            f"S2 {int(config['s2_iterations']):,}, S3 and S4 {int(config['resnet_iterations']):,}") in top
+    isa = re.search(r"\(([^()]+)\), \d+ threads$", load_reference(CONVERGED_REFERENCE)["machine"]).group(1)
+    assert all(feature in top for feature in isa.split("+")), isa  # e.g. AVX-512+AMX: "AVX-512 and AMX"
+    assert "**`quick`**" in top and "ANIL_PRESET=full" in top  # what "Run All" on a CPU runs instead
 
 
 def test_readme_has_no_machine_path():
