@@ -57,6 +57,7 @@ def test_make_notebook_turns_a_full_headline_into_the_reference(tmp_path):
     write_reference(headline, destination)
     reference = load_reference(destination)
     assert reference["acc_MAML"] == 0.962 and len(reference["commit"]) >= 7 and reference["date"][:2] == "20"
+    assert load_reference(write_reference(headline, destination, commit="abc1234"))["commit"] == "abc1234"
     assert reference_label(reference) == (f"converged reference (full preset, AMD EPYC (AVX2), 2 threads, "
                                           f"{reference['date']})")
     shown = reference_accuracies(reference, ["S1", "S3"])

@@ -149,8 +149,10 @@ def git_commit(folder: Path) -> str:
                      else "")
 
 
-def write_reference(headline: Path, destination: Path = CONVERGED_REFERENCE) -> Path:
+def write_reference(headline: Path, destination: Path = CONVERGED_REFERENCE, commit: str | None = None) -> Path:
     """Copy a ``full`` run's headline numbers to the converged reference, adding the date and the commit.
+
+    ``commit`` is the code the run started from (:func:`git_commit` before it); by default, the checkout's now.
 
     Raises:
         FileNotFoundError: the run wrote no headline file (it names the file and the fix).
@@ -159,7 +161,7 @@ def write_reference(headline: Path, destination: Path = CONVERGED_REFERENCE) -> 
         raise FileNotFoundError(f"{headline.resolve()} is missing: the notebook's last cell writes it; "
                                 "run the whole notebook with the full preset first.")
     numbers = json.loads(headline.read_text(encoding="utf-8"))
-    numbers |= {"date": datetime.now().date().isoformat(), "commit": git_commit(destination.parent)}
+    numbers |= {"date": datetime.now().date().isoformat(), "commit": commit or git_commit(destination.parent)}
     atomic_write_text(destination, json.dumps(numbers, indent=2, sort_keys=True) + "\n")
     return destination
 
@@ -170,6 +172,7 @@ def run_and_commit(preset: str, data_root: str, notebook: Path = NOTEBOOK) -> fl
     A ``full`` run also refreshes the converged reference (:func:`write_reference`).
     """
     started = time.perf_counter()
+    commit = git_commit(notebook.parent)  # the code that runs: edits made while it runs are not in its numbers
     results = notebook.parent / "results"
     env = {ENV["preset"]: preset, ENV["data_root"]: data_root, ENV["reuse_results"]: "0", ENV["headless"]: "1",
            ENV["results_dir"]: str(results)}
@@ -178,7 +181,7 @@ def run_and_commit(preset: str, data_root: str, notebook: Path = NOTEBOOK) -> fl
     drop_progress_bars(executed)
     atomic_write_text(notebook, nbformat.writes(strip_volatile(executed)))
     if preset == REFERENCE_PRESET:
-        print(f"Converged reference: {write_reference(results / f'headline-{preset}.json')}")
+        print(f"Converged reference: {write_reference(results / f'headline-{preset}.json', commit=commit)}")
     return time.perf_counter() - started
 
 
