@@ -96,7 +96,8 @@ def _configuration(notebook: nbformat.NotebookNode) -> dict[str, str]:
     """The resolved configuration as the committed notebook prints it (the table under section 2)."""
     cell = next(c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("device = pick_device"))
     table = next(o for o in cell.outputs if "text/plain" in o.get("data", {}))["data"]["text/plain"]
-    return dict(line.split(maxsplit=1) for line in table.splitlines()[2:] if len(line.split(maxsplit=1)) == 2)
+    rows = table.splitlines()[1:]  # under the column header "value"
+    return dict(line.split(maxsplit=1) for line in rows if len(line.split(maxsplit=1)) == 2)
 
 
 def test_committed_notebook_is_the_converged_full_run():
