@@ -232,7 +232,7 @@ def _levelling_interval(val_history: Sequence[Mapping[str, Any]], verdict: Level
     start, end = per_task.get(verdict.start_iteration), per_task.get(verdict.end_iteration)
     if not start or not end or len(start) != len(end):
         return None
-    return 100 * paired_difference(end, start)[1]
+    return _difference(end, start)[1]
 
 
 def convergence_summary(records: Mapping[str, ScenarioRecord]) -> str:

@@ -127,12 +127,12 @@ def reference_status(preset: str, reference: Mapping[str, Any] | None) -> str:
 
     A ``full`` run never shows the committed reference beside itself: ``make notebook`` replaces it with this run.
     """
+    if shows_reference(preset, reference):
+        return f"Converged reference: {reference_label(reference)}, shown beside this run's numbers."
     if preset == REFERENCE_PRESET:
         return (f"Converged reference: this run (preset {REFERENCE_PRESET!r}); `make notebook` saves its headline "
                 f"numbers as the reference that shorter runs show beside their own.")
-    if reference is None:
-        return "Converged reference: none committed yet."
-    return f"Converged reference: {reference_label(reference)}, shown beside this run's numbers."
+    return "Converged reference: none committed yet."
 
 
 def shows_reference(preset: str, reference: Mapping[str, Any] | None) -> bool:

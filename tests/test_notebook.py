@@ -175,8 +175,9 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def test_notebook_runs_as_committed(tmp_path, omniglot_root, cache_dir):
+def test_notebook_runs_as_committed(tmp_path, omniglot_root, cache_dir, monkeypatch):
     """CI: the committed notebook, unchanged, runs top to bottom with ANIL_PRESET=smoke from a fresh copy."""
+    monkeypatch.delenv("ANIL_HEADLESS", raising=False)  # the kernel inherits ours: a caller's shell may hold it
     repo = fresh_copy(tmp_path / "repo")
     committed = nbformat.read(repo / NOTEBOOK.name, as_version=4)
     env = {"ANIL_PRESET": "smoke", "OMNIGLOT_ROOT": str(omniglot_root), "OMNIGLOT_CACHE": str(cache_dir),
@@ -192,6 +193,9 @@ def test_notebook_runs_as_committed(tmp_path, omniglot_root, cache_dir):
     assert notebook_problems(notebook) == []  # no error, and no path of this machine in any output
     text = "\n".join(t for c in notebook.cells if c.cell_type == "code" for t in _output_texts(c))
     assert "Notebook wall time" in text and "preset 'smoke'" in text
+    # Without ANIL_HEADLESS the playground is the live widget (with its PNG fallback), as a student gets it.
+    playground = next(c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("show_playground("))
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in playground.outputs)
     # A shorter run reads its numbers beside the committed converged ones.
     assert f"beside the **{reference_label(load_reference(CONVERGED_REFERENCE))}**" in text
     # The S2 summary sentence states exactly the accuracy stored in S2's result file.
